@@ -1,0 +1,200 @@
+"""``CacheConfig``: the middleware's options, checked once when it is built.
+
+Every check raises ``ConfigError`` (a ``ValueError``) with a message that starts with the
+option's name, so a typo in settings fails at start-up, not on the first request.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import translate
+
+from .exceptions import ConfigError
+from .policy import HEURISTIC_STATUSES
+
+DEFAULT_MAX_BODY_SIZE = 1024 * 1024
+DEFAULT_TIMEOUT = 0.1
+DEFAULT_CACHE_NAME = "redis-cache"
+
+#: A rule's value that means "never cache these paths".
+NEVER = None
+
+Pattern = str | re.Pattern[str]
+
+_TOKEN_RE = re.compile(r"^[A-Za-z*][A-Za-z0-9!#$%&'*+\-.^_`|~:/]*$")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class PathMatcher:
+    """One path pattern: a glob (``*`` also crosses ``/``) or a compiled regex (``search``)."""
+
+    source: Pattern
+    regex: re.Pattern[str]
+
+    @classmethod
+    def of(cls, pattern: object, option: str) -> PathMatcher:
+        """Return a matcher for a glob string or compiled regex, or raise naming the option."""
+        if isinstance(pattern, re.Pattern):
+            if not isinstance(pattern.pattern, str):
+                raise ConfigError(f"{option}: regex patterns must be str, not bytes")
+            return cls(pattern, pattern)
+        if isinstance(pattern, str) and pattern:
+            return cls(pattern, re.compile(translate(pattern)))
+        raise ConfigError(
+            f"{option}: a pattern must be a non-empty glob string or re.Pattern"
+        )
+
+    def matches(self, path: str) -> bool:
+        """Return whether the path matches."""
+        if isinstance(self.source, str):
+            return self.regex.match(path) is not None  # translate() anchors both ends
+        return self.regex.search(path) is not None
+
+
+def _seconds(option: str, value: object, *, allow_none: bool) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{option} must be a number of seconds; got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{option} must be a finite number >= 0; got {value!r}")
+    return float(value)
+
+
+def _header_names(option: str, names: object) -> tuple[str, ...]:
+    if isinstance(names, (str, bytes)) or not isinstance(
+        names, Sequence | set | frozenset
+    ):
+        raise ConfigError(f"{option} must be a list of header names; got {names!r}")
+    out: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or not _HEADER_NAME_RE.match(name):
+            raise ConfigError(f"{option}: {name!r} is not a valid header name")
+        out.append(name.lower())
+    return tuple(sorted(set(out)))
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The middleware's options, validated; see the README for each one's meaning."""
+
+    default_ttl: float | None = None
+    rules: Mapping[Pattern, float | None] = field(default_factory=dict)
+    exclude: Sequence[Pattern] = ()
+    vary_on: Sequence[str] = ()
+    ignore_query_params: Sequence[str] = ()
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    cacheable_statuses: Collection[int] = HEURISTIC_STATUSES
+    cache_set_cookie: bool = False
+    bypass_header: str | None = None
+    bypass_token: str | None = None
+    honour_request_cache_control: bool = True
+    cache_name: str = DEFAULT_CACHE_NAME
+    timeout: float = DEFAULT_TIMEOUT
+
+    # Derived at construction.
+    rule_matchers: tuple[tuple[PathMatcher, float | None], ...] = field(init=False)
+    exclude_matchers: tuple[PathMatcher, ...] = field(init=False)
+    vary_on_names: tuple[str, ...] = field(init=False)
+    statuses: frozenset[int] = field(init=False)
+    bypass_header_bytes: bytes | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        _seconds("default_ttl", self.default_ttl, allow_none=True)
+        if not isinstance(self.rules, Mapping):
+            raise ConfigError(
+                "rules must be a mapping of path pattern -> ttl seconds or None"
+            )
+        rules = []
+        for pattern, ttl in self.rules.items():
+            matcher = PathMatcher.of(pattern, "rules")
+            rules.append(
+                (matcher, _seconds(f"rules[{pattern!r}]", ttl, allow_none=True))
+            )
+        set_(self, "rule_matchers", tuple(rules))
+        if isinstance(self.exclude, (str, re.Pattern)) or not isinstance(
+            self.exclude, Sequence | set | frozenset
+        ):
+            raise ConfigError("exclude must be a list of path patterns")
+        set_(
+            self,
+            "exclude_matchers",
+            tuple(PathMatcher.of(p, "exclude") for p in self.exclude),
+        )
+        set_(self, "vary_on_names", _header_names("vary_on", self.vary_on))
+        if isinstance(self.ignore_query_params, str) or not isinstance(
+            self.ignore_query_params, Sequence | set | frozenset
+        ):
+            raise ConfigError("ignore_query_params must be a list of glob patterns")
+        for p in self.ignore_query_params:
+            if not isinstance(p, str) or not p:
+                raise ConfigError(
+                    f"ignore_query_params: {p!r} is not a non-empty string"
+                )
+        if (
+            isinstance(self.max_body_size, bool)
+            or not isinstance(self.max_body_size, int)
+            or self.max_body_size < 0
+        ):
+            raise ConfigError(
+                f"max_body_size must be an int >= 0; got {self.max_body_size!r}"
+            )
+        try:
+            statuses = frozenset(self.cacheable_statuses)
+        except TypeError:
+            raise ConfigError(
+                "cacheable_statuses must be a collection of ints"
+            ) from None
+        for s in statuses:
+            if isinstance(s, bool) or not isinstance(s, int) or not 200 <= s <= 599:
+                raise ConfigError(
+                    f"cacheable_statuses: {s!r} is not a final status (200-599)"
+                )
+        if 206 in statuses:
+            raise ConfigError(
+                "cacheable_statuses: 206 cannot be cached (ranges are not stored)"
+            )
+        set_(self, "statuses", statuses)
+        for option in ("cache_set_cookie", "honour_request_cache_control"):
+            if not isinstance(getattr(self, option), bool):
+                raise ConfigError(f"{option} must be True or False")
+        if self.bypass_header is None:
+            if self.bypass_token is not None:
+                raise ConfigError("bypass_token needs bypass_header to be set")
+            set_(self, "bypass_header_bytes", None)
+        else:
+            if not isinstance(self.bypass_header, str) or not _HEADER_NAME_RE.match(
+                self.bypass_header
+            ):
+                raise ConfigError(
+                    f"bypass_header: {self.bypass_header!r} is not a header name"
+                )
+            set_(self, "bypass_header_bytes", self.bypass_header.lower().encode())
+        if self.bypass_token is not None and (
+            not isinstance(self.bypass_token, str) or not self.bypass_token
+        ):
+            raise ConfigError("bypass_token must be a non-empty string or None")
+        if not isinstance(self.cache_name, str) or not _TOKEN_RE.match(self.cache_name):
+            raise ConfigError(
+                f"cache_name must be an HTTP token (letters, digits, '-', ...); "
+                f"got {self.cache_name!r}"
+            )
+        timeout = _seconds("timeout", self.timeout, allow_none=False)
+        if not timeout:
+            raise ConfigError("timeout must be > 0 seconds")
+
+    def rule_for(self, path: str) -> tuple[bool, float | None]:
+        """Return ``(matched, ttl)`` for the first rule matching the path."""
+        for matcher, ttl in self.rule_matchers:
+            if matcher.matches(path):
+                return True, ttl
+        return False, None
+
+    def is_excluded(self, path: str) -> bool:
+        """Return whether the path is excluded from caching altogether."""
+        return any(m.matches(path) for m in self.exclude_matchers)

@@ -1,0 +1,116 @@
+"""Cache keys: pure functions that turn a request into bounded, unambiguous Redis keys.
+
+A URL's key is a hash of its method class (HEAD shares GET's entries), scheme, host (lowercase,
+default port dropped), path and normalised query: parameters sorted by name, repeated
+parameters keeping their relative order, ignored parameters dropped. The parts are encoded
+with msgpack before hashing, so no two different inputs share an encoding. Only hashes and the
+validated namespace reach Redis: no raw user input becomes a key, whatever its length.
+
+Layout (``ns`` namespace, ``g`` generation, ``h`` URL hash, ``vh`` variant hash)::
+
+    {ns}:gen                 generation number; ``clear()`` increments it
+    {ns}:{g}:{h}             the entry (no Vary), or the marker listing the Vary names
+    {ns}:{g}:{h}:v:{vh}      one variant of a URL whose response varies
+    {ns}:{g}:{h}:vs          the set of variant hashes of the URL, for purging them all
+
+``{h}`` is a Redis Cluster hash tag: all keys of one URL live in one slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from fnmatch import fnmatchcase
+from urllib.parse import parse_qsl
+
+import msgpack
+
+#: Namespaces are plain so that they can never open a hash tag or collide with our separators.
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+_DEFAULT_PORTS = {"http": b":80", "https": b":443", "ws": b":80", "wss": b":443"}
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def normalise_host(host: bytes, scheme: str) -> bytes:
+    """Return the host lowercased, without the scheme's default port."""
+    host = host.strip().lower()
+    default = _DEFAULT_PORTS.get(scheme)
+    if default is not None and host.endswith(default):
+        host = host[: -len(default)]
+    return host
+
+
+def make_query_filter(patterns: Sequence[str]) -> Callable[[str], bool] | None:
+    """Return a predicate telling which query parameter names to ignore (glob patterns)."""
+    if not patterns:
+        return None
+    exact = frozenset(p for p in patterns if not any(c in p for c in "*?["))
+    globs = tuple(p for p in patterns if p not in exact)
+
+    def ignored(name: str) -> bool:
+        return name in exact or any(fnmatchcase(name, g) for g in globs)
+
+    return ignored
+
+
+def normalise_query(
+    query_string: bytes, ignored: Callable[[str], bool] | None = None
+) -> list[tuple[str, str]]:
+    """Return the query's ``(name, value)`` pairs sorted by name, repeats in their order.
+
+    Decoding follows Starlette's ``QueryParams`` (latin-1 bytes, percent-decoding, blank values
+    kept), so two query strings the app cannot tell apart share a key.
+    """
+    if not query_string:
+        return []
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    if ignored is not None:
+        pairs = [p for p in pairs if not ignored(p[0])]
+    pairs.sort(key=lambda p: p[0])  # stable: repeated names keep their relative order
+    return pairs
+
+
+def url_hash(
+    method_class: str,
+    scheme: str,
+    host: bytes,
+    path: str,
+    query: list[tuple[str, str]],
+) -> str:
+    """Return the hash that names a URL's keys."""
+    packed = msgpack.packb([method_class, scheme, host, path, query], use_bin_type=True)
+    return _digest(packed)
+
+
+def variant_hash(names: Sequence[str], values: Sequence[bytes | None]) -> str:
+    """Return the hash naming one variant: the varying header names with their values.
+
+    An absent header (None) encodes differently from an empty one, and the names are part of
+    the hash, so a variant stored under one Vary list is never found under another.
+    """
+    return _digest(msgpack.packb([list(names), list(values)], use_bin_type=True))
+
+
+def generation_key(namespace: str) -> str:
+    """Return the key holding the namespace's generation number."""
+    return f"{namespace}:gen"
+
+
+def url_key(namespace: str, generation: int, uhash: str) -> str:
+    """Return the key of a URL's entry or Vary marker."""
+    return f"{namespace}:{generation}:{{{uhash}}}"
+
+
+def variant_key(base: str, vhash: str) -> str:
+    """Return the key of one variant of the URL whose key is ``base``."""
+    return f"{base}:v:{vhash}"
+
+
+def variants_key(base: str) -> str:
+    """Return the key of the set listing the variants of the URL whose key is ``base``."""
+    return f"{base}:vs"

@@ -1,0 +1,385 @@
+"""HTTP caching policy: pure functions of headers, config and the clock, with no I/O.
+
+This module answers three questions for the middleware, following RFC 9111 (HTTP Caching)
+for a *shared* cache:
+
+* What did the client ask for? ``parse_request`` reads the request's ``Cache-Control``
+  (and ``Pragma``) into ``RequestDirectives``.
+* May this response be stored, and for how long? ``decide_store`` returns a ``StoreDecision``
+  whose ``reason`` names the first rule that refused it (used in ``Cache-Status: detail=``).
+* May this stored response answer this request? ``check_usable`` compares an entry's age with
+  its freshness and the request's directives.
+
+Parsing is forgiving: junk never raises. Where a header is malformed, the safe reading wins
+(an unparseable ``max-age`` makes the response stale, an invalid ``Expires`` means expired).
+Freshness precedence (RFC 9111 4.2.1): ``s-maxage`` over ``max-age`` over ``Expires - Date``;
+the configured default TTL applies only where the response states none.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from ._types import RawHeaders
+
+#: RFC 9111 1.2.2: a delta-seconds too large to represent is taken as 2**31.
+MAX_DELTA_SECONDS = 2147483648
+
+#: Statuses RFC 9110 15.1 calls heuristically cacheable.
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControl:
+    """The directives of one or more ``Cache-Control`` field lines.
+
+    A delta-seconds directive that was present but unparseable is recorded as 0 (stale), which
+    is the safe reading for a shared cache (RFC 9111 4.2.1, 5.2).
+    """
+
+    no_store: bool = False
+    no_cache: bool = False
+    private: bool = False
+    public: bool = False
+    must_revalidate: bool = False
+    proxy_revalidate: bool = False
+    only_if_cached: bool = False
+    max_age: int | None = None
+    s_maxage: int | None = None
+    min_fresh: int | None = None
+    #: ``max-stale`` with no value is "any staleness": stored as ``MAX_DELTA_SECONDS``.
+    max_stale: int | None = None
+    stale_while_revalidate: int | None = None
+    stale_if_error: int | None = None
+
+
+_DELTA_DIRECTIVES = {
+    "max-age": "max_age",
+    "s-maxage": "s_maxage",
+    "min-fresh": "min_fresh",
+    "max-stale": "max_stale",
+    "stale-while-revalidate": "stale_while_revalidate",
+    "stale-if-error": "stale_if_error",
+}
+_FLAG_DIRECTIVES = {
+    "no-store": "no_store",
+    "no-cache": "no_cache",
+    "private": "private",
+    "public": "public",
+    "must-revalidate": "must_revalidate",
+    "proxy-revalidate": "proxy_revalidate",
+    "only-if-cached": "only_if_cached",
+}
+
+
+def _split_directives(value: str) -> Iterable[tuple[str, str | None]]:
+    """Yield ``(name, argument)`` pairs from a Cache-Control value, honouring quoted strings."""
+    i, n = 0, len(value)
+    while i < n:
+        # name
+        while i < n and value[i] in " \t,":
+            i += 1
+        start = i
+        while i < n and value[i] not in "=,":
+            i += 1
+        name = value[start:i].strip().lower()
+        arg: str | None = None
+        if i < n and value[i] == "=":
+            i += 1
+            while i < n and value[i] in " \t":
+                i += 1
+            if i < n and value[i] == '"':
+                i += 1
+                chars: list[str] = []
+                while i < n and value[i] != '"':
+                    if value[i] == "\\" and i + 1 < n:
+                        i += 1
+                    chars.append(value[i])
+                    i += 1
+                i += 1  # closing quote (or end)
+                arg = "".join(chars)
+                while i < n and value[i] != ",":
+                    i += 1
+            else:
+                start = i
+                while i < n and value[i] != ",":
+                    i += 1
+                arg = value[start:i].strip()
+        if name:
+            yield name, arg
+
+
+def _parse_delta(arg: str | None) -> int:
+    """Return delta-seconds, 0 when malformed, clamped to ``MAX_DELTA_SECONDS``."""
+    if arg is None or not arg.isascii() or not arg.isdigit():
+        return 0
+    return min(int(arg), MAX_DELTA_SECONDS)
+
+
+def parse_cache_control(values: Iterable[bytes]) -> CacheControl:
+    """Return the directives of the given ``Cache-Control`` field values; never raises.
+
+    Unknown directives are ignored. A delta directive repeated with conflicting values reads as
+    0 (RFC 9111 4.2.1 allows treating such a response as stale). ``max-stale`` without a value
+    means any staleness is acceptable.
+    """
+    flags: dict[str, bool] = {}
+    deltas: dict[str, int] = {}
+    for raw in values:
+        text = raw.decode("latin-1")
+        for name, arg in _split_directives(text):
+            if name in _FLAG_DIRECTIVES:
+                flags[_FLAG_DIRECTIVES[name]] = True
+            elif name in _DELTA_DIRECTIVES:
+                attr = _DELTA_DIRECTIVES[name]
+                if name == "max-stale" and arg is None:
+                    seconds = MAX_DELTA_SECONDS
+                else:
+                    seconds = _parse_delta(arg)
+                if attr in deltas and deltas[attr] != seconds:
+                    seconds = 0
+                deltas[attr] = seconds
+    return CacheControl(**flags, **deltas)  # type: ignore[arg-type]
+
+
+def parse_http_date(value: bytes) -> float | None:
+    """Return the POSIX time of an HTTP-date, or None if it does not parse."""
+    try:
+        parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        return None
+    try:
+        return parsed.timestamp()
+    except (OverflowError, OSError, ValueError):  # pragma: no cover - platform limits
+        return None
+
+
+def parse_vary(values: Iterable[bytes]) -> tuple[str, ...] | None:
+    """Return the sorted, de-duplicated, lowercase field names of ``Vary``; None for ``*``."""
+    names: set[str] = set()
+    for raw in values:
+        for part in raw.decode("latin-1").split(","):
+            name = part.strip().lower()
+            if name == "*":
+                return None
+            if name:
+                names.add(name)
+    return tuple(sorted(names))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDirectives:
+    """What the request's ``Cache-Control`` asks of the cache."""
+
+    no_store: bool = False
+    no_cache: bool = False
+    only_if_cached: bool = False
+    max_age: int | None = None
+    min_fresh: int | None = None
+
+
+NO_DIRECTIVES = RequestDirectives()
+
+
+def parse_request(
+    cache_control: Iterable[bytes], pragma: Iterable[bytes]
+) -> RequestDirectives:
+    """Return the request directives; ``Pragma: no-cache`` counts only without Cache-Control."""
+    values = list(cache_control)
+    if not values:
+        if any(b"no-cache" in p.lower() for p in pragma):
+            return RequestDirectives(no_cache=True)
+        return NO_DIRECTIVES
+    cc = parse_cache_control(values)
+    return RequestDirectives(
+        no_store=cc.no_store,
+        no_cache=cc.no_cache,
+        only_if_cached=cc.only_if_cached,
+        max_age=cc.max_age,
+        min_fresh=cc.min_fresh,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDecision:
+    """Whether to store a response and for how long; ``reason`` is a Cache-Status detail."""
+
+    store: bool
+    reason: str
+    #: Seconds the response is fresh from the moment it is stored (0: always stale).
+    fresh_for: float = 0.0
+    #: Seconds past freshness the entry is kept for stale serving.
+    stale_for: float = 0.0
+    #: Lowercase names of the request headers the response varies on.
+    vary: tuple[str, ...] = ()
+    #: The response may answer requests that carry ``Authorization`` (RFC 9111 3.5).
+    shared_with_auth: bool = False
+    #: The ``Age`` the origin already reported, added to the time spent in the cache.
+    initial_age: float = 0.0
+
+    @property
+    def ttl(self) -> float:
+        """Return how long Redis should keep the entry, in seconds."""
+        return self.fresh_for + self.stale_for
+
+
+def refuse(reason: str) -> StoreDecision:
+    """Return a decision not to store, for the given reason."""
+    return StoreDecision(store=False, reason=reason)
+
+
+def get_freshness_lifetime(
+    cc: CacheControl, expires: bytes | None, date: bytes | None, now: float
+) -> float | None:
+    """Return the explicit freshness lifetime in seconds, or None if the response states none."""
+    if cc.s_maxage is not None:
+        return float(cc.s_maxage)
+    if cc.max_age is not None:
+        return float(cc.max_age)
+    if expires is not None:
+        expires_at = parse_http_date(expires)
+        if expires_at is None:
+            return 0.0  # an invalid Expires means "already expired" (RFC 9111 5.3)
+        date_at = parse_http_date(date) if date is not None else None
+        return max(0.0, expires_at - (date_at if date_at is not None else now))
+    return None
+
+
+def decide_store(
+    status: int,
+    headers: RawHeaders,
+    *,
+    now: float,
+    default_ttl: float | None,
+    cacheable_statuses: Collection[int],
+    cache_set_cookie: bool = False,
+    request_has_authorization: bool = False,
+    stale_while_revalidate: float = 0.0,
+    stale_if_error: float = 0.0,
+) -> StoreDecision:
+    """Return whether a response to a GET may be stored in a shared cache, and for how long.
+
+    Each guard below refuses one thing; the first that applies names the reason.
+    """
+    cc_values: list[bytes] = []
+    vary_values: list[bytes] = []
+    expires: bytes | None = None
+    date: bytes | None = None
+    age: bytes | None = None
+    has_set_cookie = has_content_range = False
+    for name, value in headers:
+        if name == b"cache-control":
+            cc_values.append(value)
+        elif name == b"vary":
+            vary_values.append(value)
+        elif name == b"expires":
+            expires = value if expires is None else expires
+        elif name == b"date":
+            date = value if date is None else date
+        elif name == b"age":
+            age = value
+        elif name == b"set-cookie":
+            has_set_cookie = True
+        elif name == b"content-range":
+            has_content_range = True
+
+    # Only the statuses configured as cacheable (by default RFC 9110's heuristic set).
+    if status not in cacheable_statuses:
+        return refuse("status")
+    # Partial content is never stored: we do not combine ranges.
+    if has_content_range or status == 206:
+        return refuse("partial")
+    cc = parse_cache_control(cc_values)
+    # The origin forbids storing.
+    if cc.no_store:
+        return refuse("no-store")
+    # Meant for one user only; a shared cache must not keep it.
+    if cc.private:
+        return refuse("private")
+    # A response to an authorised request needs explicit permission (RFC 9111 3.5).
+    shared_with_auth = cc.public or cc.s_maxage is not None or cc.must_revalidate
+    if request_has_authorization and not shared_with_auth:
+        return refuse("authorization")
+    # Cookies set for one client must not be replayed to others.
+    if has_set_cookie and not cache_set_cookie:
+        return refuse("set-cookie")
+    vary = parse_vary(vary_values)
+    # "Vary: *" can never match a later request.
+    if vary is None:
+        return refuse("vary-star")
+    lifetime = get_freshness_lifetime(cc, expires, date, now)
+    if lifetime is None:
+        # No explicit freshness: the configured default, if any.
+        if default_ttl is None:
+            return refuse("no-ttl")
+        lifetime = float(default_ttl)
+    stale_for = 0.0
+    if not (cc.must_revalidate or cc.proxy_revalidate or cc.s_maxage is not None):
+        swr = cc.stale_while_revalidate
+        sie = cc.stale_if_error
+        stale_for = float(
+            max(
+                swr if swr is not None else stale_while_revalidate,
+                sie if sie is not None else stale_if_error,
+            )
+        )
+    if cc.no_cache:
+        # Stored, but never served without revalidation: keep it for its stated lifetime.
+        keep = lifetime if lifetime > 0 else float(default_ttl or 0)
+        if keep <= 0:
+            return refuse("no-ttl")
+        return StoreDecision(
+            store=True,
+            reason="no-cache",
+            fresh_for=0.0,
+            stale_for=keep,
+            vary=vary,
+            shared_with_auth=shared_with_auth,
+            initial_age=_parse_age(age),
+        )
+    initial_age = _parse_age(age)
+    fresh_for = lifetime - initial_age
+    # Already stale on arrival and nothing allows serving it stale.
+    if fresh_for <= 0 and stale_for <= 0:
+        return refuse("stale")
+    return StoreDecision(
+        store=True,
+        reason="stored",
+        fresh_for=max(0.0, fresh_for),
+        stale_for=stale_for,
+        vary=vary,
+        shared_with_auth=shared_with_auth,
+        initial_age=initial_age,
+    )
+
+
+def _parse_age(value: bytes | None) -> float:
+    if value is None:
+        return 0.0
+    return float(_parse_delta(value.decode("latin-1").strip()))
+
+
+@dataclass(frozen=True, slots=True)
+class Usability:
+    """Whether a stored entry may answer a request; ``reason`` says why not."""
+
+    usable: bool
+    reason: str = ""
+
+
+FRESH = Usability(usable=True)
+
+
+def check_usable(fresh_for: float, age: float, request: RequestDirectives) -> Usability:
+    """Return whether an entry of the given freshness and age may answer the request."""
+    if age >= fresh_for:
+        return Usability(usable=False, reason="stale")
+    if request.max_age is not None and age > request.max_age:
+        return Usability(usable=False, reason="max-age")
+    if request.min_fresh is not None and fresh_for - age < request.min_fresh:
+        return Usability(usable=False, reason="min-fresh")
+    return FRESH

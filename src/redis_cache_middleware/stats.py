@@ -1,0 +1,62 @@
+"""In-process counters of what the cache did, and a rate-limited warning for Redis trouble."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+logger = logging.getLogger("redis_cache_middleware")
+
+#: Seconds between two warnings of the same kind; the ones in between are counted.
+WARN_INTERVAL = 10.0
+
+
+@dataclass
+class CacheStats:
+    """Counters of one process; ``snapshot()`` returns them as a plain dict."""
+
+    hit: int = 0
+    miss: int = 0
+    stale: int = 0
+    bypass: int = 0
+    stored: int = 0
+    not_stored: Counter[str] = field(default_factory=Counter)
+    redis_error: int = 0
+
+    def snapshot(self) -> dict[str, object]:
+        """Return a copy of the counters."""
+        return {
+            "hit": self.hit,
+            "miss": self.miss,
+            "stale": self.stale,
+            "bypass": self.bypass,
+            "stored": self.stored,
+            "not_stored": dict(self.not_stored),
+            "redis_error": self.redis_error,
+        }
+
+
+class RateLimitedWarning:
+    """Log a warning at most once per ``interval`` seconds per kind, saying how many were held."""
+
+    def __init__(self, interval: float = WARN_INTERVAL) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+
+    def __call__(
+        self, kind: str, message: str, exc: BaseException | None = None
+    ) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._held[kind] += 1
+            return
+        held = self._held.pop(kind, 0)
+        self._last[kind] = now
+        suffix = f" ({held} more since the last warning)" if held else ""
+        logger.warning(
+            "%s: %s%s", message, f"{type(exc).__name__}: {exc}" if exc else "", suffix
+        )

@@ -1,0 +1,174 @@
+"""Shared fixtures: the Redis backends every shared test runs against.
+
+``backend`` is parametrised over an in-process ``fakeredis`` and a real Redis server. The real
+one is ``REDIS_URL`` when set, otherwise a ``redis-server`` this session starts on a free
+loopback port. When neither is possible the real-Redis cases skip with the reason in the
+summary; with ``REDIS_CACHE_REQUIRE_REDIS=1`` (as ``.ci/run`` sets) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+import redis.asyncio
+
+from redis_cache_middleware import RedisCache
+
+REQUIRE_REDIS = os.environ.get("REDIS_CACHE_REQUIRE_REDIS", "") not in ("", "0")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process this test session started (or None when REDIS_URL is used)."""
+
+    url: str
+    port: int | None = None
+    process: subprocess.Popen[bytes] | None = None
+    workdir: str | None = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                self.process.kill()
+                self.process.wait()
+
+    def start(self) -> None:
+        """Start (again) the server on the same port."""
+        assert self.port is not None and self.workdir is not None
+        self.process = start_redis_process(self.port, self.workdir)
+
+
+def start_redis_process(port: int, workdir: str) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", workdir,
+            "--protected-mode", "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return process
+            except redis.RedisError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    raise RuntimeError(f"redis-server did not start on port {port}") from None
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRE_REDIS:
+        pytest.fail(f"a real Redis is required (REDIS_CACHE_REQUIRE_REDIS=1): {reason}")
+    pytest.skip(f"no real Redis: {reason}")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real Redis: REDIS_URL, or a redis-server started on a free loopback port."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        except redis.RedisError as exc:
+            _unavailable(f"REDIS_URL={url} does not answer ({exc})")
+        yield RedisServer(url=url)
+        return
+    if shutil.which("redis-server") is None:
+        _unavailable("REDIS_URL is unset and redis-server is not on PATH")
+    workdir = tempfile.mkdtemp(prefix="rcm-redis-")
+    port = free_port()
+    server = RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, workdir=workdir)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        _unavailable(str(exc))
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_redis_server() -> Iterator[RedisServer]:
+    """A redis-server started for one test alone, which the test may stop and start."""
+    if shutil.which("redis-server") is None:
+        _unavailable("redis-server is not on PATH")
+    workdir = tempfile.mkdtemp(prefix="rcm-redis-")
+    port = free_port()
+    server = RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, workdir=workdir)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+ClientFactory = Callable[[], Any]
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of the Redis backend a shared test runs against."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def redis_client(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A fresh async client on the backend under test (closed afterwards)."""
+    if backend == "fakeredis":
+        client: Any = fakeredis.FakeAsyncRedis()
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = redis.asyncio.Redis.from_url(server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace no other test uses, so tests can share one real Redis."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def cache(redis_client: Any, namespace: str) -> AsyncIterator[RedisCache]:
+    """A RedisCache over the backend under test, in a namespace of its own."""
+    yield RedisCache(redis_client, namespace=namespace)

@@ -1,0 +1,95 @@
+"""A configurable origin app and a client to drive the middleware through it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from redis_cache_middleware import CacheMiddleware, RedisCache
+
+
+@dataclass
+class Spec:
+    """What the origin answers for a path."""
+
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes | None = None  # None: a body naming the path and the call number
+    chunks: list[bytes] | None = None  # streamed instead of body
+    echo_headers: tuple[str, ...] = ()  # request headers echoed into the body
+    raises: bool = False
+
+
+@dataclass
+class Origin:
+    """The app behind the middleware: counts calls per path, answers per ``specs``."""
+
+    specs: dict[str, Spec] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)
+
+    async def respond(self, request: Request) -> Response:
+        path = request.url.path
+        self.calls[path] += 1
+        spec = self.specs.get(path, Spec())
+        if spec.raises:
+            raise RuntimeError("origin failed")
+        headers = list(spec.headers)
+        if spec.chunks is not None:
+            chunks = spec.chunks
+
+            async def stream() -> AsyncIterator[bytes]:
+                for chunk in chunks:
+                    yield chunk
+
+            response: Response = StreamingResponse(stream(), status_code=spec.status)
+        else:
+            body = spec.body
+            if body is None:
+                echoed = ";".join(f"{h}={request.headers.get(h)}" for h in spec.echo_headers)
+                body = f"{path}?{request.url.query} call={self.calls[path]} {echoed}".encode()
+            response = Response(body, status_code=spec.status)
+        for name, value in headers:
+            response.headers.append(name, value)
+        return response
+
+
+def starlette_app(origin: Origin) -> Starlette:
+    return Starlette(
+        routes=[Route("/{path:path}", origin.respond, methods=["GET", "HEAD", "POST", "PUT"])]
+    )
+
+
+def fastapi_app(origin: Origin) -> FastAPI:
+    app = FastAPI()
+    app.add_api_route(
+        "/{path:path}", origin.respond, methods=["GET", "HEAD", "POST", "PUT"]
+    )
+    return app
+
+
+FRAMEWORKS: dict[str, Callable[[Origin], Any]] = {
+    "starlette": starlette_app,
+    "fastapi": fastapi_app,
+}
+
+
+def make_client(
+    cache: RedisCache,
+    origin: Origin,
+    framework: str = "starlette",
+    **options: Any,
+) -> httpx.AsyncClient:
+    app = FRAMEWORKS[framework](origin)
+    app.add_middleware(CacheMiddleware, cache=cache, **options)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    )

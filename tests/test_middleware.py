@@ -1,0 +1,382 @@
+"""The middleware end to end through httpx, on Starlette and FastAPI, over both backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from redis_cache_middleware import RedisCache
+
+from .helpers import Origin, Spec, make_client
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["starlette", "fastapi"])
+def framework(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_hit_served_without_calling_app(
+    cache: RedisCache, framework: str
+) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
+        first = await client.get("/items/1?q=a")
+        second = await client.get("/items/1?q=a")
+    assert first.status_code == second.status_code == 200
+    assert first.headers["cache-status"] == "redis-cache; fwd=uri-miss; fwd-status=200; stored"
+    assert second.headers["cache-status"] == "redis-cache; hit; ttl=60" or second.headers[
+        "cache-status"
+    ] == "redis-cache; hit; ttl=59"
+    assert second.content == first.content
+    assert second.headers["age"] in ("0", "1")
+    assert origin.calls["/items/1"] == 1
+    assert "age" not in first.headers
+
+
+async def test_hit_replays_headers_in_order_with_duplicates(cache: RedisCache) -> None:
+    origin = Origin(
+        specs={
+            "/h": Spec(
+                headers=[("x-b", "2"), ("x-a", "1"), ("x-a", "3"), ("link", "<a>; rel=x")],
+                body=b"exact \x00\xff bytes",
+            )
+        }
+    )
+    async with make_client(cache, origin, default_ttl=60) as client:
+        first = await client.get("/h")
+        second = await client.get("/h")
+    strip = {"cache-status", "age"}
+    assert [h for h in first.headers.raw if h[0].decode().lower() not in strip] == [
+        h for h in second.headers.raw if h[0].decode().lower() not in strip
+    ]
+    assert second.headers.get_list("x-a") == ["1", "3"]
+    assert second.content == b"exact \x00\xff bytes"
+    assert origin.calls["/h"] == 1
+
+
+async def test_query_order_does_not_matter_but_values_do(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        a = await client.get("/q?a=1&b=2")
+        b = await client.get("/q?b=2&a=1")
+        c = await client.get("/q?a=1&b=3")
+        d = await client.get("/q?a=1&a=2")
+        e = await client.get("/q?a=2&a=1")
+    assert "hit" in b.headers["cache-status"] and b.content == a.content
+    assert "fwd=uri-miss" in c.headers["cache-status"]
+    assert "fwd=uri-miss" in d.headers["cache-status"]
+    # Repeated parameters keep their order: a different order is a different URL.
+    assert "fwd=uri-miss" in e.headers["cache-status"]
+    assert origin.calls["/q"] == 4
+
+
+async def test_ignore_query_params(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(
+        cache, origin, default_ttl=60, ignore_query_params=["utm_*", "fbclid"]
+    ) as client:
+        await client.get("/p?id=1&utm_source=x")
+        hit = await client.get("/p?fbclid=zz&id=1&utm_medium=y")
+        miss = await client.get("/p?id=2&utm_source=x")
+    assert "hit" in hit.headers["cache-status"]
+    assert "fwd=uri-miss" in miss.headers["cache-status"]
+    assert origin.calls["/p"] == 2
+
+
+async def test_host_is_part_of_key(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/x", headers={"host": "a.example"})
+        other = await client.get("/x", headers={"host": "b.example"})
+        same = await client.get("/x", headers={"host": "A.EXAMPLE:80"})
+    assert "fwd=uri-miss" in other.headers["cache-status"]
+    assert "hit" in same.headers["cache-status"]
+
+
+async def test_head_answered_from_get_entry(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        head_miss = await client.head("/r")
+        get = await client.get("/r")
+        head_hit = await client.head("/r")
+    assert "detail=head" in head_miss.headers["cache-status"]
+    assert "stored" in get.headers["cache-status"]
+    assert "hit" in head_hit.headers["cache-status"]
+    assert head_hit.content == b""
+    assert head_hit.headers["content-length"] == str(len(get.content))
+    assert origin.calls["/r"] == 2
+
+
+async def test_vary_keeps_variants_apart(cache: RedisCache) -> None:
+    origin = Origin(
+        specs={"/v": Spec(headers=[("vary", "Accept-Language")], echo_headers=("accept-language",))}
+    )
+    async with make_client(cache, origin, default_ttl=60) as client:
+        en = await client.get("/v", headers={"accept-language": "en"})
+        fr = await client.get("/v", headers={"accept-language": "fr"})
+        en2 = await client.get("/v", headers={"accept-language": "en"})
+        fr2 = await client.get("/v", headers={"accept-language": "fr"})
+        none = await client.get("/v")
+        empty = await client.get("/v", headers={"accept-language": ""})
+        none2 = await client.get("/v")
+    assert "fwd=uri-miss" in en.headers["cache-status"]
+    assert "fwd=vary-miss" in fr.headers["cache-status"]
+    assert en2.content == en.content and "hit" in en2.headers["cache-status"]
+    assert fr2.content == fr.content and "hit" in fr2.headers["cache-status"]
+    assert b"accept-language=fr" in fr2.content
+    # Absent and empty are different variants.
+    assert "fwd=vary-miss" in none.headers["cache-status"]
+    assert "fwd=vary-miss" in empty.headers["cache-status"]
+    assert "hit" in none2.headers["cache-status"] and none2.content == none.content
+    assert origin.calls["/v"] == 4
+
+
+async def test_vary_change_never_serves_wrong_variant(cache: RedisCache) -> None:
+    spec = Spec(headers=[("vary", "accept-language")], echo_headers=("accept-language", "x-v"))
+    origin = Origin(specs={"/vc": spec})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/vc", headers={"accept-language": "en", "x-v": "1"})
+        # The app changes its Vary: now it varies on x-v only.
+        spec.headers = [("vary", "x-v")]
+        r2 = await client.get("/vc", headers={"accept-language": "de", "x-v": "2"})
+        r3 = await client.get("/vc", headers={"accept-language": "en", "x-v": "1"})
+        r4 = await client.get("/vc", headers={"accept-language": "fr", "x-v": "2"})
+    assert "fwd=vary-miss" in r2.headers["cache-status"]
+    # The marker now names x-v: the old accept-language=en variant is not served for x-v=1.
+    assert "fwd=vary-miss" in r3.headers["cache-status"]
+    assert b"call=3" in r3.content
+    assert "hit" in r4.headers["cache-status"] and r4.content == r2.content
+    # Every variant, including the one stored under the old Vary, is still purgeable.
+    assert await cache.purge_url("http://testserver/vc") == 3
+
+
+async def test_vary_star_never_stored(cache: RedisCache) -> None:
+    origin = Origin(specs={"/s": Spec(headers=[("vary", "*")])})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        r1 = await client.get("/s")
+        r2 = await client.get("/s")
+    assert r1.headers["cache-status"].endswith("detail=vary-star")
+    assert "hit" not in r2.headers["cache-status"]
+    assert origin.calls["/s"] == 2
+
+
+async def test_vary_on_always_keys_on_header(cache: RedisCache) -> None:
+    origin = Origin(specs={"/t": Spec(echo_headers=("x-tenant",))})
+    async with make_client(cache, origin, default_ttl=60, vary_on=["X-Tenant"]) as client:
+        a = await client.get("/t", headers={"x-tenant": "a"})
+        b = await client.get("/t", headers={"x-tenant": "b"})
+        a2 = await client.get("/t", headers={"x-tenant": "a"})
+    assert b"x-tenant=b" in b.content
+    assert "hit" in a2.headers["cache-status"] and a2.content == a.content
+    assert origin.calls["/t"] == 2
+
+
+async def test_purge_url_removes_every_variant(cache: RedisCache) -> None:
+    origin = Origin(specs={"/u": Spec(headers=[("vary", "accept")])})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        for accept in ("a/b", "c/d", "e/f"):
+            await client.get("/u?x=1", headers={"accept": accept})
+        removed = await cache.purge_url("http://testserver/u?x=1")
+        after = await client.get("/u?x=1", headers={"accept": "a/b"})
+    assert removed == 3
+    assert "fwd=uri-miss" in after.headers["cache-status"]
+    assert await cache.purge_url("http://testserver/nothing") == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ([("cache-control", "no-store")], "no-store"),
+        ([("cache-control", "private, max-age=60")], "private"),
+        ([("set-cookie", "sid=1")], "set-cookie"),
+        ([("content-range", "bytes 0-1/2")], "partial"),
+    ],
+)
+async def test_response_never_stored(
+    cache: RedisCache, headers: list[tuple[str, str]], detail: str
+) -> None:
+    origin = Origin(specs={"/n": Spec(headers=headers)})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        r1 = await client.get("/n")
+        r2 = await client.get("/n")
+    assert r1.headers["cache-status"] == f"redis-cache; fwd=uri-miss; fwd-status=200; detail={detail}"
+    assert "hit" not in r2.headers["cache-status"]
+    assert origin.calls["/n"] == 2
+
+
+async def test_set_cookie_cached_when_configured(cache: RedisCache) -> None:
+    origin = Origin(specs={"/c": Spec(headers=[("set-cookie", "theme=dark")])})
+    async with make_client(cache, origin, default_ttl=60, cache_set_cookie=True) as client:
+        await client.get("/c")
+        r2 = await client.get("/c")
+    assert "hit" in r2.headers["cache-status"]
+    assert r2.headers["set-cookie"] == "theme=dark"
+
+
+async def test_status_outside_cacheable_set(cache: RedisCache) -> None:
+    origin = Origin(specs={"/e": Spec(status=500, headers=[("cache-control", "max-age=60")])})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        r = await client.get("/e")
+    assert r.headers["cache-status"].endswith("fwd-status=500; detail=status")
+
+
+async def test_404_is_cacheable_by_default(cache: RedisCache) -> None:
+    origin = Origin(specs={"/missing": Spec(status=404)})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/missing")
+        r = await client.get("/missing")
+    assert r.status_code == 404 and "hit" in r.headers["cache-status"]
+
+
+async def test_default_ttl_none_stores_only_explicit_freshness(cache: RedisCache) -> None:
+    origin = Origin(specs={"/explicit": Spec(headers=[("cache-control", "max-age=30")])})
+    async with make_client(cache, origin) as client:
+        implicit = await client.get("/implicit")
+        await client.get("/explicit")
+        explicit = await client.get("/explicit")
+    assert implicit.headers["cache-status"].endswith("detail=no-ttl")
+    assert explicit.headers["cache-status"] in (
+        "redis-cache; hit; ttl=30",
+        "redis-cache; hit; ttl=29",
+    )
+
+
+async def test_s_maxage_wins_over_max_age(cache: RedisCache) -> None:
+    origin = Origin(specs={"/sm": Spec(headers=[("cache-control", "max-age=5, s-maxage=300")])})
+    async with make_client(cache, origin) as client:
+        await client.get("/sm")
+        r = await client.get("/sm")
+    ttl = int(r.headers["cache-status"].rsplit("ttl=", 1)[1])
+    assert 298 <= ttl <= 300
+
+
+async def test_response_no_cache_stored_but_always_forwarded(cache: RedisCache) -> None:
+    origin = Origin(specs={"/nc": Spec(headers=[("cache-control", "no-cache, max-age=60")])})
+    async with make_client(cache, origin) as client:
+        r1 = await client.get("/nc")
+        r2 = await client.get("/nc")
+    assert r1.headers["cache-status"].endswith("stored")
+    assert "fwd=stale" in r2.headers["cache-status"]
+    assert origin.calls["/nc"] == 2
+
+
+async def test_authorization_needs_public(cache: RedisCache) -> None:
+    origin = Origin(
+        specs={
+            "/me": Spec(headers=[("cache-control", "max-age=60")], echo_headers=("authorization",)),
+            "/pub": Spec(headers=[("cache-control", "public, max-age=60")]),
+        }
+    )
+    async with make_client(cache, origin) as client:
+        alice = await client.get("/me", headers={"authorization": "Bearer alice"})
+        bob = await client.get("/me", headers={"authorization": "Bearer bob"})
+        await client.get("/pub", headers={"authorization": "Bearer alice"})
+        pub = await client.get("/pub", headers={"authorization": "Bearer bob"})
+    assert alice.headers["cache-status"].endswith("detail=authorization")
+    assert b"Bearer bob" in bob.content
+    assert "hit" in pub.headers["cache-status"]
+
+
+async def test_authorized_request_not_served_anonymous_entry(cache: RedisCache) -> None:
+    origin = Origin(
+        specs={"/feed": Spec(headers=[("cache-control", "max-age=60")], echo_headers=("authorization",))}
+    )
+    async with make_client(cache, origin) as client:
+        await client.get("/feed")
+        authed = await client.get("/feed", headers={"authorization": "Bearer carol"})
+    assert "hit" not in authed.headers["cache-status"]
+    assert b"Bearer carol" in authed.content
+
+
+@pytest.mark.parametrize(
+    ("request_cc", "fwd", "stores"),
+    [
+        ("no-store", "request", False),
+        ("no-cache", "request", True),
+    ],
+)
+async def test_request_cache_control_forwarding(
+    cache: RedisCache, request_cc: str, fwd: str, stores: bool
+) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/rc")
+        forced = await client.get("/rc", headers={"cache-control": request_cc})
+        after = await client.get("/rc")
+    assert forced.headers["cache-status"].startswith(f"redis-cache; fwd={fwd}")
+    assert origin.calls["/rc"] == 2
+    if stores:
+        assert after.content == forced.content
+    else:
+        assert after.content != forced.content
+
+
+async def test_request_max_age(cache: RedisCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/ma")
+        _advance_clock(monkeypatch, 10)
+        young_enough = await client.get("/ma", headers={"cache-control": "max-age=20"})
+        too_old = await client.get("/ma", headers={"cache-control": "max-age=5"})
+    assert "hit" in young_enough.headers["cache-status"]
+    assert young_enough.headers["age"] == "10"
+    assert "fwd=stale" in too_old.headers["cache-status"]
+
+
+async def test_only_if_cached(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        miss = await client.get("/oic", headers={"cache-control": "only-if-cached"})
+        await client.get("/oic")
+        hit = await client.get("/oic", headers={"cache-control": "only-if-cached"})
+    assert miss.status_code == 504
+    assert origin.calls["/oic"] == 1
+    assert hit.status_code == 200
+
+
+async def test_request_cache_control_ignored_when_not_honoured(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(
+        cache, origin, default_ttl=60, honour_request_cache_control=False
+    ) as client:
+        await client.get("/ig")
+        r = await client.get("/ig", headers={"cache-control": "no-cache"})
+    assert "hit" in r.headers["cache-status"]
+
+
+async def test_age_and_ttl_follow_clock(cache: RedisCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/clock")
+        _advance_clock(monkeypatch, 25)
+        r = await client.get("/clock")
+        _advance_clock(monkeypatch, 40)
+        expired = await client.get("/clock")
+    assert r.headers["age"] == "25"
+    assert r.headers["cache-status"] == "redis-cache; hit; ttl=35"
+    assert "fwd=stale" in expired.headers["cache-status"]
+
+
+def _advance_clock(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    import time as time_module
+
+    from redis_cache_middleware import middleware
+
+    current = middleware.time.time
+    base = current()
+    monkeypatch.setattr(middleware, "time", _Clock(base + seconds, time_module))
+
+
+class _Clock:
+    def __init__(self, now: float, real: Any) -> None:
+        self._now = now
+        self._real = real
+
+    def time(self) -> float:
+        return self._now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
