@@ -1,0 +1,229 @@
+"""Fail-open behaviour: Redis down, slow or holding garbage never breaks a response."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from redis_cache_middleware import RedisCache, keys
+from redis_cache_middleware.entry import SCHEMA_VERSION, decode
+
+from .conftest import RedisServer
+from .helpers import Origin, Spec, make_client
+
+pytestmark = pytest.mark.anyio
+
+
+async def _base_key(cache: RedisCache, path: str, query: bytes = b"") -> str:
+    uhash = cache.url_hash("http", b"testserver", path, query)
+    return keys.url_key(cache.namespace, 0, uhash)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param({b"v": SCHEMA_VERSION, b"status": b"200"}, id="missing-fields"),
+        pytest.param({b"v": b"0", b"status": b"200", b"body": b"old"}, id="old-schema"),
+        pytest.param(
+            {
+                b"v": SCHEMA_VERSION,
+                b"status": b"200",
+                b"headers": b"\xc1\xc1",
+                b"body": b"x",
+                b"stored_at": b"1",
+                b"fresh_for": b"9",
+                b"stale_for": b"0",
+                b"age0": b"0",
+                b"auth": b"0",
+                b"tags": b"\x90",
+            },
+            id="truncated-msgpack",
+        ),
+        pytest.param({b"junk": b"\x00" * 100}, id="junk-field"),
+    ],
+)
+async def test_garbage_hash_is_a_miss_then_overwritten(
+    cache: RedisCache, redis_client: Any, garbage: dict[bytes, bytes]
+) -> None:
+    key = await _base_key(cache, "/g")
+    await redis_client.hset(key, mapping=garbage)
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        first = await client.get("/g")
+        second = await client.get("/g")
+    assert first.status_code == 200
+    assert first.headers["cache-status"].endswith("stored")
+    assert "hit" in second.headers["cache-status"]
+    assert origin.calls["/g"] == 1
+    assert decode(await redis_client.hgetall(key)) is not None
+
+
+@pytest.mark.parametrize("kind", ["string", "list", "set", "zset"])
+async def test_wrong_redis_type_at_key_is_a_miss_then_overwritten(
+    cache: RedisCache, redis_client: Any, kind: str
+) -> None:
+    key = await _base_key(cache, "/w")
+    if kind == "string":
+        await redis_client.set(key, b"\x93\x01\x02\x03")
+    elif kind == "list":
+        await redis_client.rpush(key, b"a")
+    elif kind == "set":
+        await redis_client.sadd(key, b"a")
+    else:
+        await redis_client.zadd(key, {b"a": 1.0})
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        first = await client.get("/w")
+        second = await client.get("/w")
+    assert first.status_code == 200 and first.headers["cache-status"].endswith("stored")
+    assert "hit" in second.headers["cache-status"]
+    assert await redis_client.type(key) == b"hash"
+
+
+async def test_huge_fake_content_length_is_a_miss(cache: RedisCache, redis_client: Any) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/len")
+        key = await _base_key(cache, "/len")
+        import msgpack
+
+        await redis_client.hset(
+            key,
+            b"headers",
+            msgpack.packb([[b"content-length", b"999999999999"]], use_bin_type=True),
+        )
+        r = await client.get("/len")
+    assert r.status_code == 200
+    assert "hit" not in r.headers["cache-status"]
+    assert origin.calls["/len"] == 2
+
+
+async def test_streamed_5mb_body_delivered_whole_and_not_stored(cache: RedisCache) -> None:
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    origin = Origin(specs={"/big": Spec(chunks=[chunk] * 5)})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        first = await client.get("/big")
+        second = await client.get("/big")
+    assert first.content == chunk * 5
+    assert second.content == chunk * 5
+    assert "hit" not in second.headers["cache-status"]
+    assert origin.calls["/big"] == 2
+    assert cache.stats.not_stored["too-large"] == 2
+
+
+async def test_streamed_small_body_is_stored(cache: RedisCache) -> None:
+    origin = Origin(specs={"/small": Spec(chunks=[b"a", b"b", b"c"])})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        first = await client.get("/small")
+        second = await client.get("/small")
+    # A streamed response cannot promise "stored" before its end.
+    assert first.headers["cache-status"] == "redis-cache; fwd=uri-miss; fwd-status=200"
+    assert second.content == b"abc" and "hit" in second.headers["cache-status"]
+    assert second.headers["content-length"] == "3"
+
+
+async def test_declared_too_large_not_captured(cache: RedisCache) -> None:
+    origin = Origin(specs={"/cl": Spec(body=b"x" * 2000)})
+    async with make_client(cache, origin, default_ttl=60, max_body_size=1000) as client:
+        r = await client.get("/cl")
+    assert r.headers["cache-status"].endswith("detail=too-large")
+    assert len(r.content) == 2000
+
+
+async def test_app_raising_stores_nothing(cache: RedisCache) -> None:
+    origin = Origin(specs={"/boom": Spec(raises=True)})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        with pytest.raises(RuntimeError):
+            await client.get("/boom")
+    assert cache.stats.stored == 0
+
+
+async def test_redis_stopped_mid_test_still_200(
+    own_redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = RedisCache.from_url(own_redis_server.url, namespace=namespace)
+    origin = Origin()
+    try:
+        async with make_client(cache, origin, default_ttl=60) as client:
+            await client.get("/down")
+            assert "hit" in (await client.get("/down")).headers["cache-status"]
+            own_redis_server.stop()
+            started = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="redis_cache_middleware"):
+                responses = [await client.get("/down") for _ in range(5)]
+            elapsed = time.monotonic() - started
+            assert [r.status_code for r in responses] == [200] * 5
+            assert all("detail=redis-error" in r.headers["cache-status"] for r in responses)
+            assert origin.calls["/down"] == 6
+            assert cache.stats.redis_error >= 5
+            # Warnings are rate-limited: one for the lookups, not one per request.
+            lookups = [r for r in caplog.records if "lookup failed" in r.getMessage()]
+            assert len(lookups) == 1
+            # Each request waited at most the middleware timeout (0.1 s) for Redis.
+            assert elapsed < 5 * 0.1 + 1.0
+            own_redis_server.start()
+            await asyncio.sleep(0.1)
+            recovered = None
+            for _ in range(20):
+                recovered = await client.get("/down")
+                if "stored" in recovered.headers["cache-status"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert recovered is not None and "stored" in recovered.headers["cache-status"]
+            assert "hit" in (await client.get("/down")).headers["cache-status"]
+    finally:
+        await cache.aclose()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted: list[socket.socket] = []
+    server.settimeout(0.01)
+    yield int(server.getsockname()[1])
+    for s in accepted:
+        s.close()
+    server.close()
+
+
+async def test_blackholed_redis_bounded_by_timeout(blackhole: int, namespace: str) -> None:
+    # A client with redis-py's slow defaults: the middleware's own timeout still bounds it.
+    client = redis.asyncio.Redis(port=blackhole)
+    cache = RedisCache(client, namespace=namespace)
+    origin = Origin()
+    try:
+        async with make_client(cache, origin, default_ttl=60, timeout=0.2) as http:
+            started = time.monotonic()
+            r = await http.get("/slow")
+            elapsed = time.monotonic() - started
+    finally:
+        await client.aclose()
+    assert r.status_code == 200
+    assert "detail=redis-error" in r.headers["cache-status"]
+    # Lookup (0.2 s) and no store: well under redis-py's multi-second default stall.
+    assert elapsed < 1.0
+
+
+async def test_store_failure_still_delivers_response(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_store(*args: Any, **kwargs: Any) -> None:
+        raise redis.exceptions.ConnectionError("gone")
+
+    monkeypatch.setattr(cache, "store", broken_store)
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        r = await client.get("/sf")
+    assert r.status_code == 200
+    assert cache.stats.redis_error == 1
+    assert cache.stats.stored == 0
