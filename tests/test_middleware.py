@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -380,3 +381,120 @@ class _Clock:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
+
+
+async def test_rules_override_default_ttl_and_never(cache: RedisCache) -> None:
+    import re
+
+    origin = Origin(specs={"/quotes/x": Spec(headers=[("cache-control", "max-age=300")])})
+    rules = {"/fast/*": 5, re.compile(r"^/admin(/|$)"): None, "/quotes/*": 10}
+    async with make_client(cache, origin, default_ttl=60, rules=rules) as client:
+        await client.get("/fast/a/b")
+        fast = await client.get("/fast/a/b")
+        admin1 = await client.get("/admin/users")
+        admin2 = await client.get("/admin/users")
+        await client.get("/quotes/x")
+        quote = await client.get("/quotes/x")
+        await client.get("/other")
+        other = await client.get("/other")
+    assert fast.headers["cache-status"] == "redis-cache; hit; ttl=5"
+    assert admin1.headers["cache-status"] == "redis-cache; fwd=bypass; fwd-status=200; detail=rule"
+    assert "hit" not in admin2.headers["cache-status"]
+    # A rule replaces the default TTL only: the response's own max-age still wins.
+    assert quote.headers["cache-status"] == "redis-cache; hit; ttl=300"
+    assert other.headers["cache-status"] == "redis-cache; hit; ttl=60"
+
+
+async def test_exclude_leaves_request_untouched(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60, exclude=["/health", "/private/*"]) as c:
+        r1 = await c.get("/private/a")
+        r2 = await c.get("/private/a")
+        r3 = await c.get("/health")
+    assert "cache-status" not in r1.headers and "cache-status" not in r3.headers
+    assert origin.calls["/private/a"] == 2
+    assert r2.content != r1.content
+
+
+async def test_bypass_header_skips_lookup_and_refreshes(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60, bypass_header="X-Cache-Bypass") as c:
+        old = await c.get("/b")
+        fresh = await c.get("/b", headers={"x-cache-bypass": "1"})
+        after = await c.get("/b")
+    assert fresh.headers["cache-status"] == "redis-cache; fwd=bypass; fwd-status=200; stored"
+    assert fresh.content != old.content
+    assert after.content == fresh.content and "hit" in after.headers["cache-status"]
+
+
+async def test_bypass_token_must_match(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(
+        cache, origin, default_ttl=60, bypass_header="x-cache-bypass", bypass_token="s3cret"
+    ) as c:
+        await c.get("/bt")
+        wrong = await c.get("/bt", headers={"x-cache-bypass": "guess"})
+        right = await c.get("/bt", headers={"x-cache-bypass": "s3cret"})
+    assert "hit" in wrong.headers["cache-status"]
+    assert "fwd=bypass" in right.headers["cache-status"]
+    assert origin.calls["/bt"] == 2
+
+
+async def test_cache_name_in_cache_status(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60, cache_name="edge-1") as c:
+        await c.get("/n")
+        r = await c.get("/n")
+    assert r.headers["cache-status"] == "edge-1; hit; ttl=60"
+
+
+async def test_unsafe_methods_pass_through(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as c:
+        p1 = await c.post("/m")
+        p2 = await c.post("/m")
+    assert "cache-status" not in p1.headers
+    assert p1.content != p2.content
+
+
+async def test_app_cache_status_kept_and_ours_appended(cache: RedisCache) -> None:
+    origin = Origin(specs={"/up": Spec(headers=[("cache-status", "origin-cache; hit")])})
+    async with make_client(cache, origin, default_ttl=60) as c:
+        r1 = await c.get("/up")
+        r2 = await c.get("/up")
+    assert r1.headers.get_list("cache-status") == [
+        "origin-cache; hit",
+        "redis-cache; fwd=uri-miss; fwd-status=200; stored",
+    ]
+    assert r2.headers.get_list("cache-status") == ["origin-cache; hit", "redis-cache; hit; ttl=60"]
+
+
+async def test_expires_header_freshness(cache: RedisCache) -> None:
+    from email.utils import formatdate
+
+    now = time.time()
+    origin = Origin(
+        specs={
+            "/exp": Spec(
+                headers=[
+                    ("date", formatdate(now, usegmt=True)),
+                    ("expires", formatdate(now + 120, usegmt=True)),
+                ]
+            )
+        }
+    )
+    async with make_client(cache, origin) as c:
+        await c.get("/exp")
+        r = await c.get("/exp")
+    ttl = int(r.headers["cache-status"].rsplit("ttl=", 1)[1])
+    assert 118 <= ttl <= 120
+
+
+async def test_age_from_origin_counts(cache: RedisCache) -> None:
+    origin = Origin(specs={"/aged": Spec(headers=[("cache-control", "max-age=100"), ("age", "30")])})
+    async with make_client(cache, origin) as c:
+        await c.get("/aged")
+        r = await c.get("/aged")
+    assert r.headers["age"] == "30"
+    assert r.headers.get_list("age") == ["30"]
+    assert r.headers["cache-status"] == "redis-cache; hit; ttl=70"

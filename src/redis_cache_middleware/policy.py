@@ -210,7 +210,8 @@ class StoreDecision:
 
     store: bool
     reason: str
-    #: Seconds the response is fresh from the moment it is stored (0: always stale).
+    #: The freshness lifetime in seconds (0: always stale); it is compared with the entry's
+    #: age, which starts at ``initial_age``.
     fresh_for: float = 0.0
     #: Seconds past freshness the entry is kept for stale serving.
     stale_for: float = 0.0
@@ -224,7 +225,7 @@ class StoreDecision:
     @property
     def ttl(self) -> float:
         """Return how long Redis should keep the entry, in seconds."""
-        return self.fresh_for + self.stale_for
+        return max(0.0, self.fresh_for - self.initial_age) + self.stale_for
 
 
 def refuse(reason: str) -> StoreDecision:
@@ -342,14 +343,13 @@ def decide_store(
             initial_age=_parse_age(age),
         )
     initial_age = _parse_age(age)
-    fresh_for = lifetime - initial_age
-    # Already stale on arrival and nothing allows serving it stale.
-    if fresh_for <= 0 and stale_for <= 0:
+    # Already stale on arrival (its Age uses up its lifetime) and nothing allows serving it stale.
+    if lifetime <= initial_age and stale_for <= 0:
         return refuse("stale")
     return StoreDecision(
         store=True,
         reason="stored",
-        fresh_for=max(0.0, fresh_for),
+        fresh_for=lifetime,
         stale_for=stale_for,
         vary=vary,
         shared_with_auth=shared_with_auth,
