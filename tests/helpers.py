@@ -70,9 +70,7 @@ def starlette_app(origin: Origin) -> Starlette:
 
 def fastapi_app(origin: Origin) -> FastAPI:
     app = FastAPI()
-    app.add_api_route(
-        "/{path:path}", origin.respond, methods=["GET", "HEAD", "POST", "PUT"]
-    )
+    app.add_api_route("/{path:path}", origin.respond, methods=["GET", "HEAD", "POST", "PUT"])
     return app
 
 
@@ -90,6 +88,4 @@ def make_client(
 ) -> httpx.AsyncClient:
     app = FRAMEWORKS[framework](origin)
     app.add_middleware(CacheMiddleware, cache=cache, **options)
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-    )
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")

@@ -21,13 +21,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def server(redis_server: RedisServer, namespace: str) -> Iterator[str]:
     port = free_port()
     env = dict(os.environ, REDIS_URL=redis_server.url, E2E_NAMESPACE=namespace)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")])
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "uvicorn", "tests.e2e_app:app",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tests.e2e_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
         ],
         cwd=ROOT,
         env=env,

@@ -19,18 +19,17 @@ def framework(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def test_hit_served_without_calling_app(
-    cache: RedisCache, framework: str
-) -> None:
+async def test_hit_served_without_calling_app(cache: RedisCache, framework: str) -> None:
     origin = Origin()
     async with make_client(cache, origin, framework, default_ttl=60) as client:
         first = await client.get("/items/1?q=a")
         second = await client.get("/items/1?q=a")
     assert first.status_code == second.status_code == 200
     assert first.headers["cache-status"] == "redis-cache; fwd=uri-miss; fwd-status=200; stored"
-    assert second.headers["cache-status"] == "redis-cache; hit; ttl=60" or second.headers[
-        "cache-status"
-    ] == "redis-cache; hit; ttl=59"
+    assert (
+        second.headers["cache-status"] == "redis-cache; hit; ttl=60"
+        or second.headers["cache-status"] == "redis-cache; hit; ttl=59"
+    )
     assert second.content == first.content
     assert second.headers["age"] in ("0", "1")
     assert origin.calls["/items/1"] == 1
@@ -203,7 +202,9 @@ async def test_response_never_stored(
     async with make_client(cache, origin, default_ttl=60) as client:
         r1 = await client.get("/n")
         r2 = await client.get("/n")
-    assert r1.headers["cache-status"] == f"redis-cache; fwd=uri-miss; fwd-status=200; detail={detail}"
+    assert (
+        r1.headers["cache-status"] == f"redis-cache; fwd=uri-miss; fwd-status=200; detail={detail}"
+    )
     assert "hit" not in r2.headers["cache-status"]
     assert origin.calls["/n"] == 2
 
@@ -283,7 +284,11 @@ async def test_authorization_needs_public(cache: RedisCache) -> None:
 
 async def test_authorized_request_not_served_anonymous_entry(cache: RedisCache) -> None:
     origin = Origin(
-        specs={"/feed": Spec(headers=[("cache-control", "max-age=60")], echo_headers=("authorization",))}
+        specs={
+            "/feed": Spec(
+                headers=[("cache-control", "max-age=60")], echo_headers=("authorization",)
+            )
+        }
     )
     async with make_client(cache, origin) as client:
         await client.get("/feed")
@@ -491,7 +496,9 @@ async def test_expires_header_freshness(cache: RedisCache) -> None:
 
 
 async def test_age_from_origin_counts(cache: RedisCache) -> None:
-    origin = Origin(specs={"/aged": Spec(headers=[("cache-control", "max-age=100"), ("age", "30")])})
+    origin = Origin(
+        specs={"/aged": Spec(headers=[("cache-control", "max-age=100"), ("age", "30")])}
+    )
     async with make_client(cache, origin) as c:
         await c.get("/aged")
         r = await c.get("/aged")

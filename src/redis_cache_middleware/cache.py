@@ -11,7 +11,9 @@ Ownership follows redis-py: a cache built with ``from_url`` owns its client and 
 
 from __future__ import annotations
 
+import inspect
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,7 +70,13 @@ class RedisCache:
     ``aclose()``. ``namespace`` prefixes every key (letters, digits, ``_ . -``; at most 64).
     """
 
-    def __init__(self, client: AnyRedis, *, namespace: str = "cache") -> None:
+    def __init__(
+        self,
+        client: AnyRedis,
+        *,
+        namespace: str = "cache",
+        on_purge: Callable[[PurgeEvent], Any] | None = None,
+    ) -> None:
         if not isinstance(namespace, str) or not keys.NAMESPACE_RE.match(namespace):
             raise ConfigError(
                 f"namespace must be 1-64 letters, digits, '_', '.' or '-'; got {namespace!r}"
@@ -88,6 +96,11 @@ class RedisCache:
         self._query_filter: Callable[[str], bool] | None = None
         #: What the middlewares using this cache did, in this process.
         self.stats = CacheStats()
+        if on_purge is not None and not callable(on_purge):
+            raise ConfigError("on_purge must be a callable taking a PurgeEvent")
+        self._on_purge = on_purge
+        self._cluster = _is_cluster(client)
+        self._prune_script = client.register_script(PRUNE_SCRIPT)
 
     @classmethod
     def from_url(
@@ -95,6 +108,7 @@ class RedisCache:
         url: str,
         *,
         namespace: str = "cache",
+        on_purge: Callable[[PurgeEvent], Any] | None = None,
         socket_timeout: float = 0.5,
         connect_timeout: float = 0.5,
         max_connections: int | None = None,
@@ -111,9 +125,7 @@ class RedisCache:
             ("connect_timeout", connect_timeout),
         ):
             if not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(
-                    f"{name} must be a positive number of seconds; got {value!r}"
-                )
+                raise ConfigError(f"{name} must be a positive number of seconds; got {value!r}")
         options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
@@ -128,7 +140,7 @@ class RedisCache:
             client = Redis.from_url(url, **options)
         except ValueError as exc:
             raise ConfigError(f"url: {exc}") from exc
-        cache = cls(client, namespace=namespace)
+        cache = cls(client, namespace=namespace, on_purge=on_purge)
         cache._owns_client = True
         return cache
 
@@ -262,9 +274,7 @@ class RedisCache:
             variant_reply = await self._client.hgetall(vkey)
         variant = _decode_reply(variant_reply)
         if isinstance(variant, CachedEntry):
-            return Lookup(
-                state="hit", generation=generation, entry=variant, names=names
-            )
+            return Lookup(state="hit", generation=generation, entry=variant, names=names)
         state = "vary-miss" if _is_empty(variant_reply) else "corrupt"
         return Lookup(state=state, generation=generation, names=names)
 
@@ -280,79 +290,390 @@ class RedisCache:
         values: list[bytes | None] | None = None,
         generation: int | None = None,
         found_names: tuple[str, ...] | None = None,
+        host: bytes | None = None,
+        path: str | None = None,
     ) -> None:
-        """Store an entry for a URL (or for one variant of it) in one MULTI/EXEC.
+        """Store an entry for a URL (or for one variant of it), never half-written.
 
         ``names`` and ``values`` are the varying request headers and this request's values of
         them; with no names the entry sits at the URL's key. ``found_names`` are the Vary names
         the lookup found at the URL's key, so that an unchanged marker is only extended.
-        ``ttl`` is in seconds, freshness plus the stale window.
+        ``ttl`` is in seconds, freshness plus the stale window. ``host`` and ``path`` index
+        the entry for ``purge_prefix``; the entry's tags index it for ``purge_tag``.
+
+        The URL's keys (one cluster slot) are written in one MULTI/EXEC; on a single Redis
+        the indexes join the same transaction, on a cluster they follow in a pipeline.
         """
         ttl_ms = max(1, int(ttl * 1000))
+        now_ms = int(time.time() * 1000)
+        expiry_ms = now_ms + ttl_ms
         gen = self._generation if generation is None else generation
         base = keys.url_key(self.namespace, gen, uhash)
         fields = entry_codec.encode(entry)
         async with self._client.pipeline(transaction=True) as pipe:
             if not names:
+                entry_key = base
                 pipe.delete(base)
                 pipe.hset(base, mapping=fields)  # type: ignore[arg-type]
                 pipe.pexpire(base, ttl_ms)
             else:
                 vhash = keys.variant_hash(names, values or [None] * len(names))
-                vkey = keys.variant_key(base, vhash)
+                entry_key = keys.variant_key(base, vhash)
                 if found_names == names:
                     pipe.pexpire(base, ttl_ms, gt=True)
                 else:
                     pipe.delete(base)
-                    pipe.hset(
-                        base,
-                        mapping=entry_codec.encode_marker(VaryMarker(names)),  # type: ignore[arg-type]
-                    )
+                    marker = entry_codec.encode_marker(VaryMarker(names))
+                    pipe.hset(base, mapping=marker)  # type: ignore[arg-type]
                     pipe.pexpire(base, ttl_ms)
-                pipe.delete(vkey)
-                pipe.hset(vkey, mapping=fields)  # type: ignore[arg-type]
-                pipe.pexpire(vkey, ttl_ms)
-                vset = keys.variants_key(base)
-                pipe.sadd(vset, vhash)
-                pipe.pexpire(vset, ttl_ms, nx=True)
-                pipe.pexpire(vset, ttl_ms, gt=True)
-            await pipe.execute()
+                pipe.delete(entry_key)
+                pipe.hset(entry_key, mapping=fields)  # type: ignore[arg-type]
+                pipe.pexpire(entry_key, ttl_ms)
+                _grow(pipe, keys.variants_key(base), ttl_ms, sadd=vhash)
+            if self._cluster:
+                await pipe.execute()
+                async with self._client.pipeline(transaction=False) as index_pipe:
+                    await self._index(
+                        index_pipe,
+                        gen,
+                        entry_key,
+                        entry.tags,
+                        host,
+                        path,
+                        uhash,
+                        now_ms,
+                        expiry_ms,
+                        ttl_ms,
+                    )
+                    await index_pipe.execute()
+            else:
+                await self._index(
+                    pipe, gen, entry_key, entry.tags, host, path, uhash, now_ms, expiry_ms, ttl_ms
+                )
+                await pipe.execute()
         self._remember_vary(uhash, names or None)
+
+    async def _index(
+        self,
+        pipe: Any,
+        gen: int,
+        entry_key: str,
+        tags: Sequence[str],
+        host: bytes | None,
+        path: str | None,
+        uhash: str,
+        now_ms: int,
+        expiry_ms: int,
+        ttl_ms: int,
+    ) -> None:
+        """Queue the index updates for a stored entry: tag sets, the host's path index."""
+        for tag in tags:
+            tkey = keys.tag_key(self.namespace, gen, tag)
+            pipe.zadd(tkey, {entry_key: expiry_ms})
+            pipe.zremrangebyscore(tkey, "-inf", now_ms)  # prune members that expired
+            _grow(pipe, tkey, ttl_ms)
+        if host is None or path is None:
+            return
+        lex, exp = keys.prefix_keys(self.namespace, gen, host)
+        member = keys.path_member(path, uhash)
+        pipe.zadd(lex, {member: 0})
+        pipe.zadd(exp, {member: expiry_ms})
+        await self._prune_script(keys=[lex, exp], args=[now_ms, PRUNE_BATCH], client=pipe)
+        _grow(pipe, lex, ttl_ms)
+        _grow(pipe, exp, ttl_ms)
+        hkey = keys.hosts_key(self.namespace, gen)
+        pipe.zadd(hkey, {host: expiry_ms}, gt=True)
+        pipe.zadd(hkey, {host: expiry_ms}, nx=True)
+        pipe.zremrangebyscore(hkey, "-inf", now_ms)
+        _grow(pipe, hkey, ttl_ms)
 
     # -- purges ---------------------------------------------------------------------------
 
+    async def _current_generation(self) -> int:
+        self._generation = _parse_generation(await self._client.get(self._generation_key))
+        return self._generation
+
     async def purge_url(self, url: str, *, method: str = "GET") -> int:
         """Remove every stored variant of an absolute URL; return how many entries went."""
-        return await self.purge_hash(self.hash_for_url(url, method))
+        removed = await self.purge_hashes([self.hash_for_url(url, method)])
+        await self._notify(PurgeEvent("url", (url,), removed))
+        return removed
 
     async def purge_hash(self, uhash: str) -> int:
         """Remove every stored variant of the URL with this hash; return how many went."""
-        generation = _parse_generation(await self._client.get(self._generation_key))
-        self._generation = generation
-        base = keys.url_key(self.namespace, generation, uhash)
-        vset = keys.variants_key(base)
+        return await self.purge_hashes([uhash])
+
+    async def purge_hashes(self, uhashes: Sequence[str]) -> int:
+        """Remove every stored variant of the URLs with these hashes; return how many went."""
+        if not uhashes:
+            return 0
+        gen = await self._current_generation()
+        bases = [keys.url_key(self.namespace, gen, h) for h in uhashes]
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.hget(base, entry_codec.F_STATUS)
-            pipe.smembers(vset)
-            found_status, members = await pipe.execute(raise_on_error=False)
-        doomed = [base, vset]
-        if isinstance(members, (set, list)):
-            doomed += [keys.variant_key(base, _text(m)) for m in members]
-        async with self._client.pipeline(transaction=True) as pipe:
+            for base in bases:
+                pipe.hexists(base, entry_codec.F_STATUS)
+                pipe.smembers(keys.variants_key(base))
+            replies = await pipe.execute(raise_on_error=False)
+        doomed: list[str] = []
+        counted: list[bool] = []
+        for i, base in enumerate(bases):
+            is_entry, members = replies[2 * i], replies[2 * i + 1]
+            doomed += [base, keys.variants_key(base)]
+            counted += [is_entry is True or is_entry == 1, False]
+            if isinstance(members, (set, list)):
+                for m in members:
+                    doomed.append(keys.variant_key(base, _text(m)))
+                    counted.append(True)
+        removed = await self._unlink(doomed)
+        for h in uhashes:
+            self._remember_vary(h, None)
+        total = sum(int(r) for r, c in zip(removed, counted, strict=True) if c)
+        self.stats.purged += total
+        return total
+
+    async def _unlink(self, doomed: Sequence[str]) -> list[int]:
+        if not doomed:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
             for key in doomed:
                 pipe.unlink(key)
-            removed = await pipe.execute()
-        self._remember_vary(uhash, None)
-        # Count entries, not keys: the marker and the variant set are bookkeeping.
-        entries = sum(int(r) for r in removed[2:])
-        if isinstance(found_status, bytes):
-            entries += int(removed[0])
-        return entries
+            return [int(r) for r in await pipe.execute()]
+
+    async def purge_tag(self, *tags: str) -> int:
+        """Remove every entry that carries any of the tags; return how many went."""
+        gen = await self._current_generation()
+        now_ms = int(time.time() * 1000)
+        tkeys = [keys.tag_key(self.namespace, gen, t) for t in tags]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for tkey in tkeys:
+                pipe.zrangebyscore(tkey, now_ms, "+inf")
+            replies = await pipe.execute()
+        members = sorted({_text(m) for reply in replies for m in reply})
+        removed = await self._unlink(members)
+        await self._unlink(tkeys)
+        total = sum(removed)
+        self.stats.purged += total
+        await self._notify(PurgeEvent("tag", tuple(tags), total))
+        return total
+
+    async def purge_prefix(self, path_prefix: str, *, host: str | None = None) -> int:
+        """Remove every entry whose path is under a path-segment prefix; return how many.
+
+        ``/users`` removes ``/users`` (any query) and ``/users/...``, not ``/users2``. With
+        ``host`` (``example.com`` or ``example.com:8080``) only that host's entries go;
+        without, every host's. Reads the index kept at store time, never the keyspace.
+        """
+        if not isinstance(path_prefix, str) or not path_prefix.startswith("/"):
+            raise ValueError(f"path_prefix must start with '/', got {path_prefix!r}")
+        gen = await self._current_generation()
+        now_ms = int(time.time() * 1000)
+        if host is not None:
+            hosts = [
+                keys.normalise_host(host.encode("latin-1", "replace"), "http"),
+                keys.normalise_host(host.encode("latin-1", "replace"), "https"),
+            ]
+            hosts = list(dict.fromkeys(hosts))
+        else:
+            hosts = [
+                h if isinstance(h, bytes) else str(h).encode()
+                for h in await self._client.zrangebyscore(
+                    keys.hosts_key(self.namespace, gen), now_ms, "+inf"
+                )
+            ]
+        ranges = keys.prefix_ranges(path_prefix)
+        found: list[tuple[str, str, bytes]] = []
+        async with self._client.pipeline(transaction=False) as pipe:
+            index_keys = [keys.prefix_keys(self.namespace, gen, h) for h in hosts]
+            for lex, _ in index_keys:
+                for low, high in ranges:
+                    pipe.zrangebylex(lex, low, high)
+            replies = await pipe.execute()
+        for i, (lex, exp) in enumerate(index_keys):
+            for reply in replies[i * len(ranges) : (i + 1) * len(ranges)]:
+                found += [(lex, exp, bytes(m)) for m in reply]
+        uhashes = sorted({m.rsplit(b"\x00", 1)[-1].decode() for _, _, m in found})
+        total = await self.purge_hashes(uhashes)
+        if found:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for lex, exp, member in found:
+                    pipe.zrem(lex, member)
+                    pipe.zrem(exp, member)
+                await pipe.execute()
+        await self._notify(
+            PurgeEvent("prefix", (path_prefix if host is None else f"{host}{path_prefix}",), total)
+        )
+        return total
 
     async def clear(self) -> None:
-        """Forget everything in the namespace at once: old keys are never read again, and
-        Redis expires them by their TTLs."""
+        """Forget everything in the namespace at once (O(1)): old keys are never read again,
+        and Redis expires them by their TTLs."""
         self._generation = int(await self._client.incr(self._generation_key))
+        self._vary_names.clear()
+        await self._notify(PurgeEvent("clear", (), None))
+
+    async def _notify(self, event: PurgeEvent) -> None:
+        hook = self._on_purge
+        if hook is None:
+            return
+        try:
+            result = hook(event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("on_purge hook failed for %s", event)
+
+    # -- inspection -----------------------------------------------------------------------
+
+    async def inspect_url(self, url: str, *, method: str = "GET") -> list[EntryInfo]:
+        """Return what is stored for an absolute URL: one ``EntryInfo`` per variant."""
+        uhash = self.hash_for_url(url, method)
+        gen = await self._current_generation()
+        base = keys.url_key(self.namespace, gen, uhash)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(base)
+            pipe.pttl(base)
+            pipe.smembers(keys.variants_key(base))
+            found, base_ttl, members = await pipe.execute(raise_on_error=False)
+        decoded = _decode_reply(found)
+        now = time.time()
+        if isinstance(decoded, CachedEntry):
+            return [_info(base, decoded, base_ttl, (), now)]
+        if not isinstance(decoded, VaryMarker) or not isinstance(members, (set, list)):
+            return []
+        vkeys = [keys.variant_key(base, _text(m)) for m in sorted(members)]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for vkey in vkeys:
+                pipe.hgetall(vkey)
+                pipe.pttl(vkey)
+            replies = await pipe.execute(raise_on_error=False)
+        infos = []
+        for i, vkey in enumerate(vkeys):
+            variant = _decode_reply(replies[2 * i])
+            if isinstance(variant, CachedEntry):
+                infos.append(_info(vkey, variant, replies[2 * i + 1], decoded.names, now))
+        return infos
+
+    async def scan_stats(self, *, sample: int = 1000) -> NamespaceStats:
+        """Return how many entries the namespace holds and about how many bytes (SCAN).
+
+        Entries are counted over the whole namespace; bytes are ``MEMORY USAGE`` of up to
+        ``sample`` entry keys, scaled to the count (``sampled`` says when that was needed).
+        On a cluster, SCAN runs on every primary.
+        """
+        gen = await self._current_generation()
+        prefix = f"{self.namespace}:{gen}:"
+        bases: list[bytes] = []
+        variants: list[bytes] = []
+        scanned = 0
+        async for raw in self._client.scan_iter(match=prefix + "*", count=1000):
+            scanned += 1
+            key = bytes(raw) if not isinstance(raw, str) else raw.encode()
+            tail = key[len(prefix) :]
+            if tail.startswith(b"{") and tail.endswith(b"}"):
+                bases.append(key)
+            elif b"}:v:" in tail:
+                variants.append(key)
+        entry_bases: list[bytes] = []
+        for i in range(0, len(bases), 500):
+            chunk = bases[i : i + 500]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    pipe.hexists(key, entry_codec.F_STATUS)
+                flags = await pipe.execute(raise_on_error=False)
+            entry_bases += [k for k, f in zip(chunk, flags, strict=True) if f is True or f == 1]
+        entry_keys = entry_bases + variants
+        measured = entry_keys[:sample]
+        size = 0
+        if measured:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in measured:
+                    pipe.memory_usage(key)
+                usages = await pipe.execute(raise_on_error=False)
+            size = sum(int(u) for u in usages if isinstance(u, int))
+            if len(entry_keys) > len(measured):
+                size = int(size * len(entry_keys) / len(measured))
+        return NamespaceStats(
+            entries=len(entry_keys),
+            bytes=size,
+            keys_scanned=scanned,
+            sampled=len(entry_keys) > len(measured),
+        )
+
+
+#: Lua: drop up to ARGV[2] members of a host's path index whose expiry (KEYS[2]) has passed.
+PRUNE_SCRIPT = """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #gone > 0 then
+  redis.call('ZREM', KEYS[1], unpack(gone))
+  redis.call('ZREM', KEYS[2], unpack(gone))
+end
+return #gone
+"""
+PRUNE_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeEvent:
+    """What a purge did, for the ``on_purge`` hook (e.g. to forward it to a CDN).
+
+    ``kind`` is ``url``, ``tag``, ``prefix`` or ``clear``; ``removed`` is None for ``clear``.
+    """
+
+    kind: str
+    values: tuple[str, ...]
+    removed: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class EntryInfo:
+    """One stored variant, as ``inspect_url`` sees it."""
+
+    key: str
+    status: int
+    stored_at: float
+    age: float
+    ttl_left: float | None
+    fresh_for: float
+    stale_for: float
+    tags: tuple[str, ...]
+    size: int
+    vary: tuple[str, ...]
+    vary_values: dict[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceStats:
+    """What ``scan_stats`` found in the namespace."""
+
+    entries: int
+    bytes: int
+    keys_scanned: int
+    sampled: bool
+
+
+def _info(key: str, entry: CachedEntry, pttl: Any, names: tuple[str, ...], now: float) -> EntryInfo:
+    ttl_left = int(pttl) / 1000 if isinstance(pttl, int) and pttl >= 0 else None
+    return EntryInfo(
+        key=key,
+        status=entry.status,
+        stored_at=entry.stored_at,
+        age=entry.age(now),
+        ttl_left=ttl_left,
+        fresh_for=entry.fresh_for,
+        stale_for=entry.stale_for,
+        tags=entry.tags,
+        size=len(entry.body),
+        vary=names,
+        vary_values={n: None if v is None else v.decode("latin-1") for n, v in entry.request_vary},
+    )
+
+
+def _grow(pipe: Any, key: str, ttl_ms: int, *, sadd: str | None = None) -> None:
+    """Queue commands that give ``key`` at least ``ttl_ms`` to live, never less than it has."""
+    if sadd is not None:
+        pipe.sadd(key, sadd)
+    pipe.pexpire(key, ttl_ms, nx=True)
+    pipe.pexpire(key, ttl_ms, gt=True)
 
 
 def _text(value: Any) -> str:
@@ -375,11 +696,17 @@ def _is_empty(reply: Any) -> bool:
 def _decode_reply(reply: Any) -> CachedEntry | VaryMarker | None:
     if isinstance(reply, dict) and reply:
         return entry_codec.decode(reply)
-    if (
-        isinstance(reply, list) and reply
-    ):  # RESP2 parsers without the callback: flat pairs
+    if isinstance(reply, list) and reply:  # RESP2 parsers without the callback: flat pairs
         return entry_codec.decode(dict(zip(reply[::2], reply[1::2], strict=False)))
     return None
+
+
+def _is_cluster(client: Any) -> bool:
+    try:
+        from redis.asyncio.cluster import RedisCluster
+    except ImportError:  # pragma: no cover - every supported redis-py has it
+        return False
+    return isinstance(client, RedisCluster)
 
 
 def _decodes_responses(client: Any) -> bool:

@@ -18,6 +18,10 @@ from .policy import HEURISTIC_STATUSES
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 DEFAULT_TIMEOUT = 0.1
 DEFAULT_CACHE_NAME = "redis-cache"
+DEFAULT_PURGE_PATH = "/_cache/purge"
+#: At most this many tags are kept per response, each at most MAX_TAG_LENGTH characters.
+MAX_TAGS = 64
+MAX_TAG_LENGTH = 256
 
 #: A rule's value that means "never cache these paths".
 NEVER = None
@@ -44,9 +48,7 @@ class PathMatcher:
             return cls(pattern, pattern)
         if isinstance(pattern, str) and pattern:
             return cls(pattern, re.compile(translate(pattern)))
-        raise ConfigError(
-            f"{option}: a pattern must be a non-empty glob string or re.Pattern"
-        )
+        raise ConfigError(f"{option}: a pattern must be a non-empty glob string or re.Pattern")
 
     def matches(self, path: str) -> bool:
         """Return whether the path matches."""
@@ -66,9 +68,7 @@ def _seconds(option: str, value: object, *, allow_none: bool) -> float | None:
 
 
 def _header_names(option: str, names: object) -> tuple[str, ...]:
-    if isinstance(names, (str, bytes)) or not isinstance(
-        names, Sequence | set | frozenset
-    ):
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence | set | frozenset):
         raise ConfigError(f"{option} must be a list of header names; got {names!r}")
     out: list[str] = []
     for name in names:
@@ -95,6 +95,11 @@ class CacheConfig:
     honour_request_cache_control: bool = True
     cache_name: str = DEFAULT_CACHE_NAME
     timeout: float = DEFAULT_TIMEOUT
+    tag_rules: Mapping[Pattern, Sequence[str]] = field(default_factory=dict)
+    keep_tag_header: bool = False
+    invalidate_on_unsafe: bool = True
+    purge_token: str | None = None
+    purge_path: str = DEFAULT_PURGE_PATH
 
     # Derived at construction.
     rule_matchers: tuple[tuple[PathMatcher, float | None], ...] = field(init=False)
@@ -102,20 +107,17 @@ class CacheConfig:
     vary_on_names: tuple[str, ...] = field(init=False)
     statuses: frozenset[int] = field(init=False)
     bypass_header_bytes: bytes | None = field(init=False)
+    tag_matchers: tuple[tuple[PathMatcher, tuple[str, ...]], ...] = field(init=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         _seconds("default_ttl", self.default_ttl, allow_none=True)
         if not isinstance(self.rules, Mapping):
-            raise ConfigError(
-                "rules must be a mapping of path pattern -> ttl seconds or None"
-            )
+            raise ConfigError("rules must be a mapping of path pattern -> ttl seconds or None")
         rules = []
         for pattern, ttl in self.rules.items():
             matcher = PathMatcher.of(pattern, "rules")
-            rules.append(
-                (matcher, _seconds(f"rules[{pattern!r}]", ttl, allow_none=True))
-            )
+            rules.append((matcher, _seconds(f"rules[{pattern!r}]", ttl, allow_none=True)))
         set_(self, "rule_matchers", tuple(rules))
         if isinstance(self.exclude, (str, re.Pattern)) or not isinstance(
             self.exclude, Sequence | set | frozenset
@@ -133,32 +135,22 @@ class CacheConfig:
             raise ConfigError("ignore_query_params must be a list of glob patterns")
         for p in self.ignore_query_params:
             if not isinstance(p, str) or not p:
-                raise ConfigError(
-                    f"ignore_query_params: {p!r} is not a non-empty string"
-                )
+                raise ConfigError(f"ignore_query_params: {p!r} is not a non-empty string")
         if (
             isinstance(self.max_body_size, bool)
             or not isinstance(self.max_body_size, int)
             or self.max_body_size < 0
         ):
-            raise ConfigError(
-                f"max_body_size must be an int >= 0; got {self.max_body_size!r}"
-            )
+            raise ConfigError(f"max_body_size must be an int >= 0; got {self.max_body_size!r}")
         try:
             statuses = frozenset(self.cacheable_statuses)
         except TypeError:
-            raise ConfigError(
-                "cacheable_statuses must be a collection of ints"
-            ) from None
+            raise ConfigError("cacheable_statuses must be a collection of ints") from None
         for s in statuses:
             if isinstance(s, bool) or not isinstance(s, int) or not 200 <= s <= 599:
-                raise ConfigError(
-                    f"cacheable_statuses: {s!r} is not a final status (200-599)"
-                )
+                raise ConfigError(f"cacheable_statuses: {s!r} is not a final status (200-599)")
         if 206 in statuses:
-            raise ConfigError(
-                "cacheable_statuses: 206 cannot be cached (ranges are not stored)"
-            )
+            raise ConfigError("cacheable_statuses: 206 cannot be cached (ranges are not stored)")
         set_(self, "statuses", statuses)
         for option in ("cache_set_cookie", "honour_request_cache_control"):
             if not isinstance(getattr(self, option), bool):
@@ -171,9 +163,7 @@ class CacheConfig:
             if not isinstance(self.bypass_header, str) or not _HEADER_NAME_RE.match(
                 self.bypass_header
             ):
-                raise ConfigError(
-                    f"bypass_header: {self.bypass_header!r} is not a header name"
-                )
+                raise ConfigError(f"bypass_header: {self.bypass_header!r} is not a header name")
             set_(self, "bypass_header_bytes", self.bypass_header.lower().encode())
         if self.bypass_token is not None and (
             not isinstance(self.bypass_token, str) or not self.bypass_token
@@ -187,6 +177,31 @@ class CacheConfig:
         timeout = _seconds("timeout", self.timeout, allow_none=False)
         if not timeout:
             raise ConfigError("timeout must be > 0 seconds")
+        if not isinstance(self.tag_rules, Mapping):
+            raise ConfigError("tag_rules must be a mapping of path pattern -> list of tags")
+        tag_rules = []
+        for pattern, tags in self.tag_rules.items():
+            matcher = PathMatcher.of(pattern, "tag_rules")
+            if isinstance(tags, str) or not isinstance(tags, Sequence):
+                raise ConfigError(f"tag_rules[{pattern!r}] must be a list of tags")
+            for tag in tags:
+                if not isinstance(tag, str) or not tag or len(tag) > MAX_TAG_LENGTH:
+                    raise ConfigError(
+                        f"tag_rules[{pattern!r}]: {tag!r} is not a tag (1-{MAX_TAG_LENGTH} chars)"
+                    )
+            tag_rules.append((matcher, tuple(tags)))
+        set_(self, "tag_matchers", tuple(tag_rules))
+        for option in ("keep_tag_header", "invalidate_on_unsafe"):
+            if not isinstance(getattr(self, option), bool):
+                raise ConfigError(f"{option} must be True or False")
+        if self.purge_token is not None and (
+            not isinstance(self.purge_token, str) or len(self.purge_token) < 16
+        ):
+            raise ConfigError("purge_token must be a string of at least 16 characters, or None")
+        if not isinstance(self.purge_path, str) or not self.purge_path.startswith("/"):
+            raise ConfigError(
+                f"purge_path must be a path starting with '/'; got {self.purge_path!r}"
+            )
 
     def rule_for(self, path: str) -> tuple[bool, float | None]:
         """Return ``(matched, ttl)`` for the first rule matching the path."""
@@ -194,6 +209,14 @@ class CacheConfig:
             if matcher.matches(path):
                 return True, ttl
         return False, None
+
+    def tags_for(self, path: str) -> tuple[str, ...]:
+        """Return the tags every matching tag rule adds to responses for the path."""
+        out: list[str] = []
+        for matcher, tags in self.tag_matchers:
+            if matcher.matches(path):
+                out += tags
+        return tuple(out)
 
     def is_excluded(self, path: str) -> bool:
         """Return whether the path is excluded from caching altogether."""

@@ -36,6 +36,11 @@ F_INITIAL_AGE = b"age0"
 F_AUTH = b"auth"
 F_TAGS = b"tags"
 F_VARY = b"vary"
+F_VARY_REQUEST = b"varyreq"
+
+#: Request header values never written to Redis, even when a response varies on them.
+REDACTED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+REDACTED = b"<redacted>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,9 @@ class CachedEntry:
     initial_age: float = 0.0
     shared_with_auth: bool = False
     tags: tuple[str, ...] = field(default=())
+    #: The varying request headers and this variant's values of them (for inspection;
+    #: credentials are redacted). Empty for a URL that does not vary.
+    request_vary: tuple[tuple[str, bytes | None], ...] = field(default=())
 
     def age(self, now: float) -> float:
         """Return the entry's current age in seconds (RFC 9111 4.2.3)."""
@@ -81,6 +89,13 @@ def encode(entry: CachedEntry) -> dict[bytes, bytes]:
         F_INITIAL_AGE: _num(entry.initial_age),
         F_AUTH: b"1" if entry.shared_with_auth else b"0",
         F_TAGS: msgpack.packb(list(entry.tags), use_bin_type=True),
+        F_VARY_REQUEST: msgpack.packb(
+            [
+                [n, REDACTED if n in REDACTED_HEADERS and v is not None else v]
+                for n, v in entry.request_vary
+            ],
+            use_bin_type=True,
+        ),
     }
 
 
@@ -131,9 +146,7 @@ def decode(fields: Mapping[bytes, bytes]) -> CachedEntry | VaryMarker | None:
         vary = fields.get(F_VARY)
         if vary is not None:
             names = _strings(vary)
-            return (
-                VaryMarker(names=names) if list(names) == sorted(set(names)) else None
-            )
+            return VaryMarker(names=names) if list(names) == sorted(set(names)) else None
         status = int(fields[F_STATUS])
         if not 100 <= status <= 999:
             return None
@@ -159,9 +172,27 @@ def decode(fields: Mapping[bytes, bytes]) -> CachedEntry | VaryMarker | None:
             initial_age=initial_age,
             shared_with_auth=fields[F_AUTH] == b"1",
             tags=_strings(fields[F_TAGS]),
+            request_vary=_request_vary(fields.get(F_VARY_REQUEST)),
         )
-    except (KeyError, ValueError, TypeError, msgpack.UnpackException):
+    except Exception:
         return None
+
+
+def _request_vary(raw: bytes | None) -> tuple[tuple[str, bytes | None], ...]:
+    if raw is None:
+        return ()
+    items = msgpack.unpackb(raw, raw=False, use_list=True)
+    out: list[tuple[str, bytes | None]] = []
+    for item in items:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not (item[1] is None or isinstance(item[1], bytes))
+        ):
+            raise ValueError("varyreq")
+        out.append((item[0], item[1]))
+    return tuple(out)
 
 
 def _length_agrees(headers: RawHeaders, body_length: int) -> bool:

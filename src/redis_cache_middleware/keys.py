@@ -12,6 +12,11 @@ Layout (``ns`` namespace, ``g`` generation, ``h`` URL hash, ``vh`` variant hash)
     {ns}:{g}:{h}             the entry (no Vary), or the marker listing the Vary names
     {ns}:{g}:{h}:v:{vh}      one variant of a URL whose response varies
     {ns}:{g}:{h}:vs          the set of variant hashes of the URL, for purging them all
+    {ns}:{g}:t:{th}          sorted set: entry keys carrying tag ``th``, scored by expiry (ms)
+    {ns}:{g}:p:{hh}          sorted set, all scores 0: ``path NUL h`` of host ``hh``, for
+                             prefix purges with ZRANGEBYLEX
+    {ns}:{g}:p:{hh}:x        sorted set: the same members scored by expiry, for pruning
+    {ns}:{g}:hosts           sorted set: the hosts with entries, scored by expiry
 
 ``{h}`` is a Redis Cluster hash tag: all keys of one URL live in one slot.
 """
@@ -27,7 +32,7 @@ from urllib.parse import parse_qsl
 import msgpack
 
 #: Namespaces are plain so that they can never open a hash tag or collide with our separators.
-NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+NAMESPACE_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,64}\Z")
 
 _DEFAULT_PORTS = {"http": b":80", "https": b":443", "ws": b":80", "wss": b":443"}
 
@@ -109,6 +114,44 @@ def url_key(namespace: str, generation: int, uhash: str) -> str:
 def variant_key(base: str, vhash: str) -> str:
     """Return the key of one variant of the URL whose key is ``base``."""
     return f"{base}:v:{vhash}"
+
+
+def tag_key(namespace: str, generation: int, tag: str) -> str:
+    """Return the key of the sorted set indexing the entries that carry a tag."""
+    return f"{namespace}:{generation}:t:{{{_digest(tag.encode('utf-8', 'surrogatepass'))}}}"
+
+
+def prefix_keys(namespace: str, generation: int, host: bytes) -> tuple[str, str]:
+    """Return the keys of a host's path index: the lexical set and its expiry companion."""
+    lex = f"{namespace}:{generation}:p:{{{_digest(host)}}}"
+    return lex, f"{lex}:x"
+
+
+def hosts_key(namespace: str, generation: int) -> str:
+    """Return the key of the sorted set of hosts that have entries."""
+    return f"{namespace}:{generation}:hosts"
+
+
+#: Paths longer than this are indexed by their first this-many bytes for prefix purges.
+MAX_INDEXED_PATH = 1024
+
+
+def path_member(path: str, uhash: str) -> bytes:
+    """Return a URL's member in its host's path index: the path, NUL, the URL hash."""
+    raw = path.encode("utf-8", "surrogatepass")[:MAX_INDEXED_PATH]
+    return raw + b"\x00" + uhash.encode()
+
+
+def prefix_ranges(prefix: str) -> list[tuple[bytes, bytes]]:
+    """Return the ZRANGEBYLEX ranges of the paths under a path-segment prefix.
+
+    ``/users`` covers ``/users`` itself (any query) and ``/users/...``, not ``/users2``;
+    ``/users/`` covers what is below it.
+    """
+    raw = prefix.encode("utf-8", "surrogatepass")[:MAX_INDEXED_PATH]
+    if raw.endswith(b"/"):
+        return [(b"[" + raw, b"(" + raw[:-1] + b"0")]  # '0' is the byte after '/'
+    return [(b"[" + raw + b"\x00", b"(" + raw + b"\x01"), (b"[" + raw + b"/", b"(" + raw + b"0")]
 
 
 def variants_key(base: str) -> str:

@@ -18,6 +18,7 @@ import hmac
 import sys
 import time
 from collections.abc import Collection, Mapping, Sequence
+from urllib.parse import unquote, urlsplit
 
 from . import policy
 from ._types import ASGIApp, Message, RawHeaders, Receive, Scope, Send
@@ -26,11 +27,14 @@ from .config import (
     DEFAULT_CACHE_NAME,
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_TIMEOUT,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
     CacheConfig,
     Pattern,
 )
 from .entry import CachedEntry
 from .exceptions import ConfigError
+from .keys import normalise_host
 from .stats import RateLimitedWarning, logger
 
 if sys.version_info >= (3, 11):
@@ -56,6 +60,12 @@ HOP_BY_HOP = frozenset(
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 
+#: Methods whose success invalidates the cached GET of their URL (RFC 9111 4.4).
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+#: Response headers that carry surrogate keys (tags): name -> separator (None: whitespace).
+TAG_HEADERS = {b"surrogate-key": None, b"cache-tag": ","}
+
 _warn = RateLimitedWarning()
 
 
@@ -80,6 +90,9 @@ class CacheMiddleware:
         honour_request_cache_control: bool = True,
         cache_name: str = DEFAULT_CACHE_NAME,
         timeout: float = DEFAULT_TIMEOUT,
+        tag_rules: Mapping[Pattern, Sequence[str]] | None = None,
+        keep_tag_header: bool = False,
+        invalidate_on_unsafe: bool = True,
     ) -> None:
         if not isinstance(cache, RedisCache):
             raise ConfigError(f"cache must be a RedisCache; got {type(cache).__name__}")
@@ -99,6 +112,9 @@ class CacheMiddleware:
             honour_request_cache_control=honour_request_cache_control,
             cache_name=cache_name,
             timeout=timeout,
+            tag_rules=tag_rules if tag_rules is not None else {},
+            keep_tag_header=keep_tag_header,
+            invalidate_on_unsafe=invalidate_on_unsafe,
         )
         if ignore_query_params:
             cache.ignore_query_params(list(ignore_query_params))
@@ -110,7 +126,10 @@ class CacheMiddleware:
             return
         method = scope["method"]
         if method != "GET" and method != "HEAD":
-            await self.app(scope, receive, send)
+            if method in UNSAFE_METHODS and self.config.invalidate_on_unsafe:
+                await _Invalidate(self, scope).run(receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         config = self.config
         path: str = scope["path"]
@@ -119,9 +138,7 @@ class CacheMiddleware:
             return
         request = _Request(scope, config.bypass_header_bytes)
         name = config.cache_name
-        ruled, rule_ttl = (
-            config.rule_for(path) if config.rule_matchers else (False, None)
-        )
+        ruled, rule_ttl = config.rule_for(path) if config.rule_matchers else (False, None)
         if ruled and rule_ttl is None:
             # A rule says never cache this path.
             await _Forward(self, request, fwd="bypass", detail="rule", store=False).run(
@@ -137,9 +154,7 @@ class CacheMiddleware:
             path,
             scope.get("query_string", b""),
         )
-        if request.bypass_value is not None and self._bypass_allowed(
-            request.bypass_value
-        ):
+        if request.bypass_value is not None and self._bypass_allowed(request.bypass_value):
             # Skip the lookup; the response refreshes the entry.
             stats.bypass += 1
             await _Forward(self, request, fwd="bypass", default_ttl=default_ttl).run(
@@ -148,8 +163,7 @@ class CacheMiddleware:
             return
         directives = (
             policy.parse_request(request.cache_control, request.pragma)
-            if config.honour_request_cache_control
-            and (request.cache_control or request.pragma)
+            if config.honour_request_cache_control and (request.cache_control or request.pragma)
             else policy.NO_DIRECTIVES
         )
         if directives.no_store or directives.no_cache:
@@ -164,6 +178,7 @@ class CacheMiddleware:
             ).run(scope, receive, send)
             return
         found: Lookup | None = None
+        request.started = time.perf_counter()
         try:
             async with _timeout(config.timeout):
                 found = await cache.lookup(uhash, request.values_for, self._vary_guess)
@@ -171,9 +186,9 @@ class CacheMiddleware:
             stats.redis_error += 1
             _warn("lookup", "redis-cache lookup failed, serving from the app", exc)
         if found is None:
-            await _Forward(
-                self, request, fwd="miss", detail="redis-error", store=False
-            ).run(scope, receive, send)
+            await _Forward(self, request, fwd="miss", detail="redis-error", store=False).run(
+                scope, receive, send
+            )
             return
         request.found = found
         fwd = "uri-miss" if found.state in ("uri-miss", "corrupt") else found.state
@@ -182,15 +197,12 @@ class CacheMiddleware:
             now = time.time()
             age = entry.age(now)
             usable = policy.check_usable(entry.fresh_for, age, directives)
-            if (
-                usable.usable
-                and request.has_authorization
-                and not entry.shared_with_auth
-            ):
+            if usable.usable and request.has_authorization and not entry.shared_with_auth:
                 usable = policy.Usability(usable=False, reason="authorization")
             if usable.usable:
                 stats.hit += 1
                 await _replay(entry, age, method, name, send)
+                stats.hit_seconds += time.perf_counter() - request.started
                 return
             fwd = "stale" if usable.reason != "authorization" else "miss"
         if directives.only_if_cached:
@@ -214,9 +226,7 @@ class CacheMiddleware:
             stats.stale += 1
         else:
             stats.miss += 1
-        await _Forward(self, request, fwd=fwd, default_ttl=default_ttl).run(
-            scope, receive, send
-        )
+        await _Forward(self, request, fwd=fwd, default_ttl=default_ttl).run(scope, receive, send)
 
     def _bypass_allowed(self, value: bytes) -> bool:
         token = self.config.bypass_token
@@ -236,12 +246,18 @@ class _Request:
         "headers",
         "host",
         "method",
+        "path",
         "pragma",
+        "scheme",
+        "started",
         "uhash",
     )
 
     def __init__(self, scope: Scope, bypass_header: bytes | None) -> None:
         self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.scheme: str = scope.get("scheme", "http")
+        self.started = 0.0
         self.headers: RawHeaders = scope["headers"]
         self.host = b""
         self.cache_control: list[bytes] = []
@@ -262,6 +278,11 @@ class _Request:
             elif key == bypass_header:
                 self.bypass_value = value
 
+    @property
+    def host_key(self) -> bytes:
+        """Return the host as keys use it: lowercase, without the scheme's default port."""
+        return normalise_host(self.host, self.scheme)
+
     def values_for(self, names: tuple[str, ...]) -> list[bytes | None]:
         """Return the request's value of each named header: repeats joined, None if absent."""
         wanted = {n.encode("latin-1"): i for i, n in enumerate(names)}
@@ -277,18 +298,14 @@ class _Request:
         return [None if v is None else b", ".join(v) for v in found]
 
 
-async def _replay(
-    entry: CachedEntry, age: float, method: str, name: str, send: Send
-) -> None:
+async def _replay(entry: CachedEntry, age: float, method: str, name: str, send: Send) -> None:
     """Send a stored response: its headers as stored, plus ``Age`` and ``Cache-Status``."""
     age_seconds = int(age)
     ttl = int(entry.fresh_for) - age_seconds
     headers = list(entry.headers)
     headers.append((b"age", str(age_seconds).encode()))
     headers.append((b"cache-status", f"{name}; hit; ttl={ttl}".encode()))
-    await send(
-        {"type": "http.response.start", "status": entry.status, "headers": headers}
-    )
+    await send({"type": "http.response.start", "status": entry.status, "headers": headers})
     body = b"" if method == "HEAD" else entry.body
     await send({"type": "http.response.body", "body": body})
 
@@ -328,6 +345,7 @@ class _Forward:
         self.capturing = False
         self.complete = False
         self.stored_at = 0.0
+        self.tags: tuple[str, ...] = ()
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.send = send
@@ -359,14 +377,17 @@ class _Forward:
 
     async def _on_start(self, message: Message) -> None:
         self.status = int(message["status"])
-        self.headers = [
-            (bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])
-        ]
+        self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
+        config = self.middleware.config
+        self.tags = tuple(dict.fromkeys(_tags(self.headers) + config.tags_for(self.request.path)))
+        if not config.keep_tag_header and any(k in TAG_HEADERS for k, _ in self.headers):
+            # The tag headers are for the cache: the client does not see them.
+            self.headers = [(k, v) for k, v in self.headers if k not in TAG_HEADERS]
+            message["headers"] = list(self.headers)
         if not self.store:
             self._add_status(message, stored=False, detail=self.detail)
             await self.send(message)
             return
-        config = self.middleware.config
         self.stored_at = time.time()
         decision = policy.decide_store(
             self.status,
@@ -392,9 +413,7 @@ class _Forward:
         self.capturing = True
         self.start = message
 
-    def _add_status(
-        self, message: Message, *, stored: bool, detail: str | None
-    ) -> None:
+    def _add_status(self, message: Message, *, stored: bool, detail: str | None) -> None:
         headers = list(message.get("headers", []))
         headers.append((b"cache-status", self._cache_status(stored, detail)))
         message["headers"] = headers
@@ -441,6 +460,8 @@ class _Forward:
             k == b"content-length" for k, _ in headers
         ):
             headers.append((b"content-length", str(len(body)).encode()))
+        names = tuple(sorted(set(decision.vary) | set(middleware.config.vary_on_names)))
+        values = request.values_for(names) if names else None
         entry = CachedEntry(
             status=self.status,
             headers=headers,
@@ -450,8 +471,9 @@ class _Forward:
             stale_for=decision.stale_for,
             initial_age=decision.initial_age,
             shared_with_auth=decision.shared_with_auth,
+            tags=self.tags,
+            request_vary=tuple(zip(names, values or (), strict=True)),
         )
-        names = tuple(sorted(set(decision.vary) | set(middleware.config.vary_on_names)))
         found = request.found
         try:
             async with _timeout(middleware.config.timeout):
@@ -460,15 +482,91 @@ class _Forward:
                     entry,
                     ttl=decision.ttl,
                     names=names,
-                    values=request.values_for(names) if names else None,
+                    values=values,
                     generation=found.generation if found is not None else None,
                     found_names=found.names if found is not None else None,
+                    host=request.host_key,
+                    path=request.path,
                 )
         except Exception as exc:
             cache.stats.redis_error += 1
             _warn("store", "redis-cache store failed, response not cached", exc)
             return
         cache.stats.stored += 1
+
+
+def _tags(headers: RawHeaders) -> tuple[str, ...]:
+    """Return the tags named by the response's Surrogate-Key and Cache-Tag headers."""
+    tags: list[str] = []
+    for name, value in headers:
+        if name in TAG_HEADERS:
+            text = value.decode("latin-1")
+            parts = text.split(TAG_HEADERS[name]) if TAG_HEADERS[name] else text.split()
+            tags += [t.strip() for t in parts if t.strip() and len(t.strip()) <= MAX_TAG_LENGTH]
+    unique = tuple(dict.fromkeys(tags))
+    if len(unique) > MAX_TAGS:
+        logger.debug("only the first %d of %d tags are kept", MAX_TAGS, len(unique))
+    return unique[:MAX_TAGS]
+
+
+class _Invalidate:
+    """Run an unsafe request; if it succeeds (2xx, 3xx), purge the cached GET of its URL and
+    of ``Location`` / ``Content-Location`` on the same host, before the client hears back,
+    so that the client's next read sees the change (RFC 9111 4.4)."""
+
+    def __init__(self, middleware: CacheMiddleware, scope: Scope) -> None:
+        self.middleware = middleware
+        self.scope = scope
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 400:
+                await self._purge(message.get("headers", []))
+            await send(message)
+
+        await self.middleware.app(self.scope, receive, send_wrapper)
+
+    async def _purge(self, response_headers: RawHeaders) -> None:
+        scope = self.scope
+        cache = self.middleware.cache
+        scheme = scope.get("scheme", "http")
+        host = b""
+        for key, value in scope["headers"]:
+            if key == b"host":
+                host = value
+        uhashes = [cache.url_hash(scheme, host, scope["path"], scope.get("query_string", b""))]
+        for key, value in response_headers:
+            if bytes(key).lower() in (b"location", b"content-location"):
+                target = _same_host_target(bytes(value), scheme, host)
+                if target is not None:
+                    uhashes.append(cache.url_hash(scheme, host, target[0], target[1]))
+        try:
+            async with _timeout(self.middleware.config.timeout):
+                removed = await cache.purge_hashes(uhashes)
+        except Exception as exc:
+            cache.stats.redis_error += 1
+            _warn("invalidate", "redis-cache invalidation failed", exc)
+            return
+        cache.stats.invalidated += removed
+
+
+def _same_host_target(value: bytes, scheme: str, host: bytes) -> tuple[str, bytes] | None:
+    """Return ``(path, query)`` of a Location-like value on the request's host, else None."""
+    try:
+        text = value.decode("latin-1").strip()
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
+        return None
+    parts = urlsplit(text)
+    if parts.scheme or parts.netloc:
+        if parts.scheme not in ("", scheme):
+            return None
+        if normalise_host(parts.netloc.encode("latin-1"), scheme) != normalise_host(host, scheme):
+            return None
+    if not parts.path.startswith("/"):
+        if parts.path:
+            return None  # relative references other than absolute paths are not resolved
+        return None
+    return unquote(parts.path), parts.query.encode("latin-1")
 
 
 def _declared_length(headers: RawHeaders) -> int:

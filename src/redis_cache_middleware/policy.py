@@ -18,6 +18,7 @@ the configured default TTL applies only where the response states none.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -151,7 +152,8 @@ def parse_http_date(value: bytes) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if parsed.tzinfo is None:
-        return None
+        # asctime dates carry no zone; HTTP dates are always UTC (RFC 9110 5.6.7).
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
     try:
         return parsed.timestamp()
     except (OverflowError, OSError, ValueError):  # pragma: no cover - platform limits
@@ -185,9 +187,7 @@ class RequestDirectives:
 NO_DIRECTIVES = RequestDirectives()
 
 
-def parse_request(
-    cache_control: Iterable[bytes], pragma: Iterable[bytes]
-) -> RequestDirectives:
+def parse_request(cache_control: Iterable[bytes], pragma: Iterable[bytes]) -> RequestDirectives:
     """Return the request directives; ``Pragma: no-cache`` counts only without Cache-Control."""
     values = list(cache_control)
     if not values:
@@ -225,7 +225,7 @@ class StoreDecision:
     @property
     def ttl(self) -> float:
         """Return how long Redis should keep the entry, in seconds."""
-        return max(0.0, self.fresh_for - self.initial_age) + self.stale_for
+        return max(0.0, self.fresh_for + self.stale_for - self.initial_age)
 
 
 def refuse(reason: str) -> StoreDecision:
@@ -343,8 +343,8 @@ def decide_store(
             initial_age=_parse_age(age),
         )
     initial_age = _parse_age(age)
-    # Already stale on arrival (its Age uses up its lifetime) and nothing allows serving it stale.
-    if lifetime <= initial_age and stale_for <= 0:
+    # Already stale on arrival: its Age uses up its lifetime and any stale window.
+    if lifetime + stale_for <= initial_age or (lifetime <= initial_age and stale_for <= 0):
         return refuse("stale")
     return StoreDecision(
         store=True,

@@ -24,6 +24,10 @@ class CacheStats:
     stored: int = 0
     not_stored: Counter[str] = field(default_factory=Counter)
     redis_error: int = 0
+    purged: int = 0
+    invalidated: int = 0
+    #: Seconds spent answering hits (lookup to last byte handed to the server), and how many.
+    hit_seconds: float = 0.0
 
     def snapshot(self) -> dict[str, object]:
         """Return a copy of the counters."""
@@ -35,6 +39,9 @@ class CacheStats:
             "stored": self.stored,
             "not_stored": dict(self.not_stored),
             "redis_error": self.redis_error,
+            "purged": self.purged,
+            "invalidated": self.invalidated,
+            "hit_seconds": self.hit_seconds,
         }
 
 
@@ -46,9 +53,7 @@ class RateLimitedWarning:
         self._last: dict[str, float] = {}
         self._held: Counter[str] = Counter()
 
-    def __call__(
-        self, kind: str, message: str, exc: BaseException | None = None
-    ) -> None:
+    def __call__(self, kind: str, message: str, exc: BaseException | None = None) -> None:
         now = time.monotonic()
         last = self._last.get(kind)
         if last is not None and now - last < self.interval:
@@ -57,6 +62,4 @@ class RateLimitedWarning:
         held = self._held.pop(kind, 0)
         self._last[kind] = now
         suffix = f" ({held} more since the last warning)" if held else ""
-        logger.warning(
-            "%s: %s%s", message, f"{type(exc).__name__}: {exc}" if exc else "", suffix
-        )
+        logger.warning("%s: %s%s", message, f"{type(exc).__name__}: {exc}" if exc else "", suffix)

@@ -1,0 +1,305 @@
+"""Purging: by URL, tag, prefix and namespace, the on_purge hook, and automatic invalidation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from redis_cache_middleware import RedisCache, keys
+from redis_cache_middleware.cache import PurgeEvent
+
+from .helpers import Origin, Spec, make_client
+
+pytestmark = pytest.mark.anyio
+
+
+def _status(response: Any) -> str:
+    return str(response.headers["cache-status"])
+
+
+async def test_purge_tag_removes_tagged_entries_only(cache: RedisCache) -> None:
+    origin = Origin(
+        specs={
+            "/p/1": Spec(headers=[("surrogate-key", "product:1 products")]),
+            "/p/2": Spec(headers=[("surrogate-key", "product:2 products")]),
+            "/c/1": Spec(headers=[("cache-tag", "category:1, products")]),
+            "/other": Spec(),
+        }
+    )
+    async with make_client(cache, origin, default_ttl=60) as client:
+        first = await client.get("/p/1")
+        for path in ("/p/2", "/c/1", "/other"):
+            await client.get(path)
+        assert await cache.purge_tag("product:1") == 1
+        assert "hit" not in _status(await client.get("/p/1"))
+        assert "hit" in _status(await client.get("/p/2"))
+        assert await cache.purge_tag("products") == 3
+        for path in ("/p/1", "/p/2", "/c/1"):
+            assert "hit" not in _status(await client.get(path))
+        assert "hit" in _status(await client.get("/other"))
+    # The tag headers are for the cache: stripped before the client sees them.
+    assert "surrogate-key" not in first.headers
+    assert await cache.purge_tag("nobody-uses-this") == 0
+
+
+async def test_tag_header_kept_when_configured(cache: RedisCache) -> None:
+    origin = Origin(specs={"/k": Spec(headers=[("surrogate-key", "a b")])})
+    async with make_client(cache, origin, default_ttl=60, keep_tag_header=True) as client:
+        r = await client.get("/k")
+        hit = await client.get("/k")
+    assert r.headers["surrogate-key"] == "a b"
+    assert hit.headers["surrogate-key"] == "a b"
+
+
+async def test_tag_rules_add_tags(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(
+        cache, origin, default_ttl=60, tag_rules={"/users/*": ["users"]}
+    ) as client:
+        await client.get("/users/1")
+        await client.get("/users/2")
+        await client.get("/teams/1")
+        assert await cache.purge_tag("users") == 2
+        assert "hit" in _status(await client.get("/teams/1"))
+
+
+async def test_purge_tag_covers_every_vary_variant(cache: RedisCache) -> None:
+    origin = Origin(specs={"/v": Spec(headers=[("vary", "accept"), ("surrogate-key", "v")])})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        for accept in ("a/a", "b/b"):
+            await client.get("/v", headers={"accept": accept})
+        assert await cache.purge_tag("v") == 2
+        assert "hit" not in _status(await client.get("/v", headers={"accept": "a/a"}))
+
+
+async def test_tag_sets_are_pruned_and_expire(cache: RedisCache, redis_client: Any) -> None:
+    origin = Origin(
+        specs={
+            "/short": Spec(headers=[("cache-control", "max-age=1"), ("surrogate-key", "t")]),
+            "/long": Spec(headers=[("cache-control", "max-age=100"), ("surrogate-key", "t")]),
+        }
+    )
+    tkey = keys.tag_key(cache.namespace, 0, "t")
+    async with make_client(cache, origin) as client:
+        await client.get("/short")
+        assert await redis_client.zcard(tkey) == 1
+        assert 0 < await redis_client.pttl(tkey) <= 1000
+        await asyncio.sleep(1.1)
+        await client.get("/long")
+        # The expired member was pruned when the next one was added...
+        assert await redis_client.zcard(tkey) == 1
+        # ...and the set lives as long as its longest member.
+        assert 99_000 < await redis_client.pttl(tkey) <= 100_000
+
+
+async def test_purge_prefix_leaves_siblings(cache: RedisCache) -> None:
+    origin = Origin()
+    paths = ["/users", "/users?page=2", "/users/1", "/users/1/posts", "/users2", "/userspace/x"]
+    async with make_client(cache, origin, default_ttl=60) as client:
+        for p in paths:
+            await client.get(p)
+        assert await cache.purge_prefix("/users") == 4
+        for p in ("/users2", "/userspace/x"):
+            assert "hit" in _status(await client.get(p)), p
+        for p in ("/users", "/users?page=2", "/users/1", "/users/1/posts"):
+            assert "hit" not in _status(await client.get(p)), p
+
+
+async def test_purge_prefix_with_trailing_slash_keeps_the_parent(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        for p in ("/docs", "/docs/a", "/docs/b/c"):
+            await client.get(p)
+        assert await cache.purge_prefix("/docs/") == 2
+        assert "hit" in _status(await client.get("/docs"))
+
+
+async def test_purge_prefix_by_host(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/a/1", headers={"host": "one.example"})
+        await client.get("/a/1", headers={"host": "two.example:8080"})
+        assert await cache.purge_prefix("/a", host="one.example") == 1
+        assert "hit" in _status(await client.get("/a/1", headers={"host": "two.example:8080"}))
+        assert await cache.purge_prefix("/a", host="two.example:8080") == 1
+    with pytest.raises(ValueError, match="path_prefix"):
+        await cache.purge_prefix("a")
+
+
+async def test_clear_then_fresh_stores(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/x")
+        assert "hit" in _status(await client.get("/x"))
+        await cache.clear()
+        after = await client.get("/x")
+        again = await client.get("/x")
+    assert "fwd=uri-miss" in _status(after) and "stored" in _status(after)
+    assert "hit" in _status(again) and again.content == after.content
+
+
+async def test_clear_seen_by_another_process(redis_client: Any, namespace: str) -> None:
+    # Two RedisCache objects on one Redis stand for two worker processes.
+    one = RedisCache(redis_client, namespace=namespace)
+    two = RedisCache(redis_client, namespace=namespace)
+    origin = Origin()
+    async with (
+        make_client(one, origin, default_ttl=60) as c1,
+        make_client(two, origin, default_ttl=60) as c2,
+    ):
+        await c1.get("/shared")
+        assert "hit" in _status(await c2.get("/shared"))
+        await one.clear()
+        assert "hit" not in _status(await c2.get("/shared"))
+
+
+async def test_purge_during_concurrent_reads(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/hot")
+
+        async def reader() -> list[str]:
+            return [_status(await client.get("/hot")) for _ in range(20)]
+
+        readers = [asyncio.create_task(reader()) for _ in range(5)]
+        await asyncio.sleep(0)
+        removed = await cache.purge_url("http://testserver/hot")
+        results = await asyncio.gather(*readers)
+        final = await client.get("/hot")
+    assert removed in (0, 1)
+    assert all(r.startswith("redis-cache;") for batch in results for r in batch)
+    assert "hit" in _status(final)
+    assert origin.calls["/hot"] >= 2
+
+
+async def test_on_purge_hook_receives_events(redis_client: Any, namespace: str) -> None:
+    events: list[PurgeEvent] = []
+
+    async def hook(event: PurgeEvent) -> None:
+        events.append(event)
+
+    cache = RedisCache(redis_client, namespace=namespace, on_purge=hook)
+    origin = Origin(specs={"/t": Spec(headers=[("surrogate-key", "x")])})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/t")
+        await cache.purge_tag("x")
+        await cache.purge_url("http://testserver/t")
+        await cache.purge_prefix("/t")
+        await cache.clear()
+    assert events == [
+        PurgeEvent("tag", ("x",), 1),
+        PurgeEvent("url", ("http://testserver/t",), 0),
+        PurgeEvent("prefix", ("/t",), 0),
+        PurgeEvent("clear", (), None),
+    ]
+
+
+async def test_failing_on_purge_hook_is_logged_not_raised(
+    redis_client: Any, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def hook(event: PurgeEvent) -> None:
+        raise RuntimeError("cdn down")
+
+    cache = RedisCache(redis_client, namespace=namespace, on_purge=hook)
+    assert await cache.purge_url("http://testserver/none") == 0
+    assert any("on_purge hook failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+async def test_unsafe_method_invalidates_get(cache: RedisCache, method: str) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/items/1")
+        await client.get("/items/2")
+        response = await client.request(method, "/items/1")
+        assert response.status_code in (200, 405)
+        after = await client.get("/items/1")
+        other = await client.get("/items/2")
+    if response.status_code == 200:
+        assert "hit" not in _status(after)
+    else:  # the route does not take this method: an error purges nothing
+        assert "hit" in _status(after)
+    assert "hit" in _status(other)
+
+
+async def test_unsafe_error_response_does_not_invalidate(cache: RedisCache) -> None:
+    origin = Origin(specs={"/fail": Spec()})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/fail")
+        origin.specs["/fail"] = Spec(status=500)
+        await client.post("/fail")
+        origin.specs["/fail"] = Spec()
+        assert "hit" in _status(await client.get("/fail"))
+
+
+async def test_invalidation_follows_same_host_location(cache: RedisCache) -> None:
+    origin = Origin(
+        specs={
+            "/users": Spec(
+                status=201,
+                headers=[
+                    ("location", "/users/9"),
+                    ("content-location", "http://testserver/users/9?full=1"),
+                ],
+            )
+        }
+    )
+    async with make_client(cache, origin, default_ttl=60) as client:
+        for p in ("/users/9", "/users/9?full=1", "/users/10"):
+            await client.get(p)
+        origin.specs["/users/9"] = Spec(headers=[("location", "http://elsewhere.example/users/10")])
+        await client.post("/users")
+        assert "hit" not in _status(await client.get("/users/9"))
+        assert "hit" not in _status(await client.get("/users/9?full=1"))
+        # A Location on another host is never purged.
+        await client.put("/users/9")
+        assert "hit" in _status(await client.get("/users/10"))
+    assert cache.stats.invalidated >= 2
+
+
+async def test_invalidation_can_be_turned_off(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60, invalidate_on_unsafe=False) as c:
+        await c.get("/keep")
+        await c.post("/keep")
+        assert "hit" in _status(await c.get("/keep"))
+
+
+async def test_inspect_url_lists_variants(cache: RedisCache) -> None:
+    origin = Origin(
+        specs={"/i": Spec(headers=[("vary", "accept-language, cookie"), ("surrogate-key", "i")])}
+    )
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/i", headers={"accept-language": "en", "cookie": "sid=secret"})
+        await client.get("/i", headers={"accept-language": "fr"})
+    infos = await cache.inspect_url("http://testserver/i")
+    assert len(infos) == 2
+    by_lang = {i.vary_values["accept-language"]: i for i in infos}
+    assert set(by_lang) == {"en", "fr"}
+    en = by_lang["en"]
+    assert en.vary == ("accept-language", "cookie")
+    # Credentials never reach Redis in clear.
+    assert en.vary_values["cookie"] == "<redacted>"
+    assert by_lang["fr"].vary_values["cookie"] is None
+    assert en.status == 200 and en.tags == ("i",) and en.fresh_for == 60
+    assert en.ttl_left is not None and 59 < en.ttl_left <= 60
+    assert abs(en.stored_at - time.time()) < 5
+    assert await cache.inspect_url("http://testserver/none") == []
+
+
+async def test_scan_stats_counts_entries(cache: RedisCache) -> None:
+    origin = Origin(specs={"/sv": Spec(headers=[("vary", "accept")])})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        for i in range(5):
+            await client.get(f"/s/{i}")
+        await client.get("/sv", headers={"accept": "a/a"})
+        await client.get("/sv", headers={"accept": "b/b"})
+    stats = await cache.scan_stats()
+    assert stats.entries == 7
+    assert stats.keys_scanned >= 7
+    assert stats.sampled is False
+    small = await cache.scan_stats(sample=2)
+    assert small.entries == 7 and small.sampled is True
