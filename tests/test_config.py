@@ -1,0 +1,399 @@
+"""Option checks: every bad value fails at construction with a ``ConfigError`` naming it."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import fakeredis
+import pytest
+
+from redis_cache_middleware import (
+    NEVER,
+    CacheConfig,
+    CacheError,
+    CacheMiddleware,
+    ConfigError,
+    RedisCache,
+)
+from redis_cache_middleware._types import Receive, Scope, Send
+from redis_cache_middleware.config import MAX_TAG_LENGTH
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    """An app the middleware never calls in these tests."""
+    raise AssertionError("not called")  # pragma: no cover
+
+
+@pytest.fixture
+def cache() -> RedisCache:
+    return RedisCache(fakeredis.FakeAsyncRedis(), namespace="test")
+
+
+def names_option(option: str) -> str:
+    """Return the pattern of a message that starts with the option's name."""
+    return rf"^{re.escape(option)}\b"
+
+
+# -- CacheMiddleware options --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        pytest.param("default_ttl", -1, id="default_ttl-negative"),
+        pytest.param("default_ttl", -0.5, id="default_ttl-negative-float"),
+        pytest.param("default_ttl", math.nan, id="default_ttl-nan"),
+        pytest.param("default_ttl", math.inf, id="default_ttl-inf"),
+        pytest.param("default_ttl", "60", id="default_ttl-str"),
+        pytest.param("default_ttl", True, id="default_ttl-bool"),
+        pytest.param("rules", {"": 10}, id="rules-empty-pattern"),
+        pytest.param("rules", {123: 10}, id="rules-int-pattern"),
+        pytest.param("rules", {re.compile(b"/api"): 10}, id="rules-bytes-regex"),
+        pytest.param("rules", {"/api/*": -1}, id="rules-negative-ttl"),
+        pytest.param("rules", {"/api/*": "10"}, id="rules-str-ttl"),
+        pytest.param("rules", {"/api/*": True}, id="rules-bool-ttl"),
+        pytest.param("rules", {"/api/*": math.nan}, id="rules-nan-ttl"),
+        pytest.param("rules", ["/api/*"], id="rules-not-a-mapping"),
+        pytest.param("rules", "/api/*", id="rules-str"),
+        pytest.param("exclude", "/health", id="exclude-bare-string"),
+        pytest.param("exclude", re.compile("/health"), id="exclude-bare-regex"),
+        pytest.param("exclude", None, id="exclude-none"),
+        pytest.param("exclude", [""], id="exclude-empty-pattern"),
+        pytest.param("exclude", [42], id="exclude-int-pattern"),
+        pytest.param("vary_on", "accept", id="vary_on-bare-string"),
+        pytest.param("vary_on", b"accept", id="vary_on-bytes"),
+        pytest.param("vary_on", ["Accept Language"], id="vary_on-space"),
+        pytest.param("vary_on", ["accept:"], id="vary_on-colon"),
+        pytest.param("vary_on", [""], id="vary_on-empty"),
+        pytest.param("vary_on", [b"accept"], id="vary_on-bytes-item"),
+        pytest.param("vary_on", {"accept": 1}, id="vary_on-mapping"),
+        pytest.param("ignore_query_params", "utm_*", id="ignore_query_params-bare-string"),
+        pytest.param("ignore_query_params", [""], id="ignore_query_params-empty"),
+        pytest.param("ignore_query_params", [1], id="ignore_query_params-int"),
+        pytest.param("max_body_size", -1, id="max_body_size-negative"),
+        pytest.param("max_body_size", 1.5, id="max_body_size-float"),
+        pytest.param("max_body_size", "1000", id="max_body_size-str"),
+        pytest.param("max_body_size", True, id="max_body_size-bool"),
+        pytest.param("cacheable_statuses", {200, 206}, id="cacheable_statuses-206"),
+        pytest.param("cacheable_statuses", {100, 200}, id="cacheable_statuses-100"),
+        pytest.param("cacheable_statuses", {600}, id="cacheable_statuses-600"),
+        pytest.param("cacheable_statuses", {"200"}, id="cacheable_statuses-str-item"),
+        pytest.param("cacheable_statuses", {True}, id="cacheable_statuses-bool-item"),
+        pytest.param("cacheable_statuses", 200, id="cacheable_statuses-int"),
+        pytest.param("cacheable_statuses", "200", id="cacheable_statuses-str"),
+        pytest.param("cache_set_cookie", 1, id="cache_set_cookie-int"),
+        pytest.param("cache_set_cookie", "yes", id="cache_set_cookie-str"),
+        pytest.param("honour_request_cache_control", None, id="honour-none"),
+        pytest.param("bypass_header", "X Bypass", id="bypass_header-space"),
+        pytest.param("bypass_header", "", id="bypass_header-empty"),
+        pytest.param("bypass_header", b"x-bypass", id="bypass_header-bytes"),
+        pytest.param("cache_name", "redis cache", id="cache_name-space"),
+        pytest.param("cache_name", "cache;hit", id="cache_name-semicolon"),
+        pytest.param("cache_name", "cache,x", id="cache_name-comma"),
+        pytest.param("cache_name", "", id="cache_name-empty"),
+        pytest.param("cache_name", "1cache", id="cache_name-leading-digit"),
+        pytest.param("cache_name", None, id="cache_name-none"),
+        pytest.param("timeout", 0, id="timeout-zero"),
+        pytest.param("timeout", 0.0, id="timeout-zero-float"),
+        pytest.param("timeout", -1, id="timeout-negative"),
+        pytest.param("timeout", math.nan, id="timeout-nan"),
+        pytest.param("timeout", None, id="timeout-none"),
+        pytest.param("timeout", True, id="timeout-bool"),
+        pytest.param("timeout", "0.1", id="timeout-str"),
+        pytest.param("tag_rules", ["/a"], id="tag_rules-not-a-mapping"),
+        pytest.param("tag_rules", {"/a": "tag"}, id="tag_rules-bare-string"),
+        pytest.param("tag_rules", {"/a": [""]}, id="tag_rules-empty-tag"),
+        pytest.param("tag_rules", {"": ["t"]}, id="tag_rules-empty-pattern"),
+        pytest.param("keep_tag_header", "no", id="keep_tag_header-str"),
+        pytest.param("invalidate_on_unsafe", 0, id="invalidate_on_unsafe-int"),
+    ],
+)
+def test_middleware_bad_option_raises(cache: RedisCache, option: str, value: object) -> None:
+    options: dict[str, Any] = {option: value}
+    with pytest.raises(ConfigError, match=names_option(option)) as info:
+        CacheMiddleware(app, cache=cache, **options)
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, CacheError)
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        pytest.param({"bypass_token": "secret"}, "bypass_token", id="token-without-header"),
+        pytest.param(
+            {"bypass_header": "x-bypass", "bypass_token": ""},
+            "bypass_token",
+            id="token-empty",
+        ),
+        pytest.param(
+            {"bypass_header": "x-bypass", "bypass_token": 123},
+            "bypass_token",
+            id="token-int",
+        ),
+    ],
+)
+def test_middleware_bad_option_pair_raises(
+    cache: RedisCache, options: dict[str, Any], option: str
+) -> None:
+    with pytest.raises(ConfigError, match=names_option(option)):
+        CacheMiddleware(app, cache=cache, **options)
+
+
+@pytest.mark.parametrize(
+    "not_a_cache",
+    [None, "redis://localhost", fakeredis.FakeAsyncRedis(), object()],
+    ids=["none", "url", "client", "object"],
+)
+def test_middleware_cache_not_a_redis_cache_raises(not_a_cache: object) -> None:
+    options: dict[str, Any] = {"cache": not_a_cache}
+    with pytest.raises(ConfigError, match=names_option("cache")):
+        CacheMiddleware(app, **options)
+
+
+def test_middleware_good_options_accepted(cache: RedisCache) -> None:
+    middleware = CacheMiddleware(
+        app,
+        cache=cache,
+        default_ttl=0,
+        rules={"/api/*": 10, re.compile(r"\.json$"): NEVER},
+        exclude=["/health", re.compile("^/internal/")],
+        vary_on=["Accept-Language", "X-Tenant"],
+        ignore_query_params=["utm_*"],
+        max_body_size=0,
+        cacheable_statuses=[200, 404],
+        cache_set_cookie=True,
+        bypass_header="X-Cache-Bypass",
+        bypass_token="secret",
+        honour_request_cache_control=False,
+        cache_name="edge-1",
+        timeout=0.5,
+    )
+    config = middleware.config
+    assert middleware.cache is cache
+    assert config.default_ttl == 0
+    assert config.vary_on_names == ("accept-language", "x-tenant")
+    assert config.statuses == frozenset({200, 404})
+    assert config.bypass_header_bytes == b"x-cache-bypass"
+    assert config.rule_for("/api/x") == (True, 10)
+    assert config.rule_for("/a.json") == (True, None)
+    assert config.is_excluded("/internal/x")
+
+
+def test_middleware_defaults() -> None:
+    config = CacheConfig()
+    assert config.default_ttl is None
+    assert 200 in config.statuses and 206 not in config.statuses
+    assert config.bypass_header_bytes is None
+    assert config.rule_for("/anything") == (False, None)
+    assert not config.is_excluded("/anything")
+
+
+@pytest.mark.parametrize("status", [200, 304, 599])
+def test_cacheable_statuses_bounds_accepted(status: int) -> None:
+    assert CacheConfig(cacheable_statuses={status}).statuses == frozenset({status})
+
+
+def test_vary_on_names_lowercased_and_deduplicated() -> None:
+    config = CacheConfig(vary_on=["Accept", "accept", "X-A"])
+    assert config.vary_on_names == ("accept", "x-a")
+
+
+# -- RedisCache ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "namespace",
+    [
+        pytest.param("a{b", id="open-brace"),
+        pytest.param("a}b", id="close-brace"),
+        pytest.param("{ns}", id="hash-tag"),
+        pytest.param("a:b", id="colon"),
+        pytest.param("a b", id="space"),
+        pytest.param(" ns", id="leading-space"),
+        pytest.param("", id="empty"),
+        pytest.param("n" * 65, id="65-chars"),
+        pytest.param("caf\u00e9", id="non-ascii"),
+        pytest.param("a*b", id="glob-star"),
+        pytest.param(None, id="none"),
+        pytest.param(b"cache", id="bytes"),
+        pytest.param("cache\n", id="trailing-newline"),
+    ],
+)
+def test_redis_cache_bad_namespace_raises(namespace: object) -> None:
+    options: dict[str, Any] = {"namespace": namespace}
+    with pytest.raises(ConfigError, match=names_option("namespace")):
+        RedisCache(fakeredis.FakeAsyncRedis(), **options)
+
+
+@pytest.mark.parametrize("namespace", ["a", "n" * 64, "shop.v2-eu_1"])
+def test_redis_cache_good_namespace_accepted(namespace: str) -> None:
+    assert RedisCache(fakeredis.FakeAsyncRedis(), namespace=namespace).namespace == namespace
+
+
+def test_redis_cache_decode_responses_raises() -> None:
+    client = fakeredis.FakeAsyncRedis(decode_responses=True)
+    with pytest.raises(ConfigError, match=names_option("client")):
+        RedisCache(client)
+
+
+def test_redis_cache_client_not_owned() -> None:
+    client = fakeredis.FakeAsyncRedis()
+    cache = RedisCache(client)
+    assert cache.client is client
+    assert cache._owns_client is False
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nope://x", "http://localhost:6379", "localhost:6379", "", "redis://localhost:port"],
+)
+def test_redis_cache_from_url_bad_url_raises(url: str) -> None:
+    with pytest.raises(ConfigError, match=names_option("url")):
+        RedisCache.from_url(url)
+
+
+@pytest.mark.parametrize("option", ["socket_timeout", "connect_timeout"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(0, id="zero"),
+        pytest.param(-1, id="negative"),
+        pytest.param("1", id="str"),
+        pytest.param(None, id="none"),
+        pytest.param(math.nan, id="nan"),
+        pytest.param(True, id="bool"),
+    ],
+)
+def test_redis_cache_from_url_bad_timeout_raises(option: str, value: object) -> None:
+    options: dict[str, Any] = {option: value}
+    with pytest.raises(ConfigError, match=names_option(option)):
+        RedisCache.from_url("redis://localhost:6379/0", **options)
+
+
+def test_redis_cache_from_url_bad_namespace_raises() -> None:
+    with pytest.raises(ConfigError, match=names_option("namespace")):
+        RedisCache.from_url("redis://localhost:6379/0", namespace="a:b")
+
+
+def test_redis_cache_from_url_forces_bytes_and_owns_client() -> None:
+    cache = RedisCache.from_url(
+        "redis://localhost:6379/0", namespace="shop", socket_timeout=0.25, decode_responses=True
+    )
+    kwargs = cache.client.get_connection_kwargs()
+    assert kwargs["decode_responses"] is False
+    assert kwargs["socket_timeout"] == 0.25
+    assert cache.namespace == "shop"
+    assert cache._owns_client is True
+
+
+# -- CacheConfig.rule_for and is_excluded -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rules", "path", "expected"),
+    [
+        pytest.param({"/api/*": 10}, "/api/items", (True, 10), id="glob"),
+        pytest.param({"/api/*": 10}, "/api/v1/items/3", (True, 10), id="star-crosses-slash"),
+        pytest.param({"/api/*": 10}, "/api", (False, None), id="glob-needs-slash"),
+        pytest.param({"/api/*": 10}, "/v1/api/items", (False, None), id="glob-anchored-start"),
+        pytest.param({"/api": 10}, "/api/items", (False, None), id="glob-anchored-end"),
+        pytest.param({"/item/?": 10}, "/item/1", (True, 10), id="question-one-char"),
+        pytest.param({"/item/?": 10}, "/item/12", (False, None), id="question-not-two"),
+        pytest.param({"/v[12]/*": 10}, "/v2/x", (True, 10), id="char-class"),
+        pytest.param({"/API/*": 10}, "/api/x", (False, None), id="case-sensitive"),
+        pytest.param({"*.json": 5}, "/a/b/c.json", (True, 5), id="suffix-glob"),
+        pytest.param(
+            {"/api/*": 10, "/api/private/*": None},
+            "/api/private/x",
+            (True, 10),
+            id="first-match-wins",
+        ),
+        pytest.param(
+            {"/api/private/*": None, "/api/*": 10},
+            "/api/private/x",
+            (True, None),
+            id="first-match-wins-never",
+        ),
+        pytest.param(
+            {"/api/private/*": None, "/api/*": 10},
+            "/api/public",
+            (True, 10),
+            id="falls-through-to-second",
+        ),
+        pytest.param({"/admin/*": NEVER}, "/admin/x", (True, None), id="never-is-matched"),
+        pytest.param({"/admin/*": NEVER}, "/x", (False, None), id="no-match"),
+        pytest.param({re.compile("/api/"): 10}, "/v1/api/x", (True, 10), id="regex-search"),
+        pytest.param({re.compile(r"\.json$"): 5}, "/a/b.json", (True, 5), id="regex-suffix"),
+        pytest.param({re.compile(r"\.json$"): 5}, "/a/b.jsonx", (False, None), id="regex-miss"),
+        pytest.param({re.compile("^/api"): 10}, "/v1/api", (False, None), id="regex-anchored"),
+        pytest.param({}, "/api", (False, None), id="no-rules"),
+    ],
+)
+def test_rule_for(rules: dict[Any, float | None], path: str, expected: tuple[bool, Any]) -> None:
+    assert CacheConfig(rules=rules).rule_for(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "excluded"),
+    [
+        pytest.param("/health", True, id="exact-glob"),
+        pytest.param("/healthz", False, id="glob-anchored"),
+        pytest.param("/static/css/a.css", True, id="glob-star-crosses-slash"),
+        pytest.param("/internal/metrics", True, id="regex"),
+        pytest.param("/x/internal/metrics", False, id="regex-anchored-by-caret"),
+        pytest.param("/a/secret/b", True, id="regex-search-middle"),
+        pytest.param("/", False, id="root"),
+    ],
+)
+def test_is_excluded(path: str, excluded: bool) -> None:
+    config = CacheConfig(
+        exclude=["/health", "/static/*", re.compile("^/internal/"), re.compile("/secret/")]
+    )
+    assert config.is_excluded(path) is excluded
+
+
+def test_is_excluded_without_patterns() -> None:
+    assert CacheConfig().is_excluded("/health") is False
+
+
+# -- CacheConfig-only options (purge endpoint, tags) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        pytest.param("purge_token", "short", id="purge_token-short"),
+        pytest.param("purge_token", "x" * 15, id="purge_token-15-chars"),
+        pytest.param("purge_token", b"x" * 32, id="purge_token-bytes"),
+        pytest.param("purge_path", "_cache/purge", id="purge_path-relative"),
+        pytest.param("purge_path", "", id="purge_path-empty"),
+        pytest.param("purge_path", None, id="purge_path-none"),
+        pytest.param("tag_rules", {"/a": ["t" * (MAX_TAG_LENGTH + 1)]}, id="tag_rules-long-tag"),
+        pytest.param("tag_rules", {"/a": [1]}, id="tag_rules-int-tag"),
+    ],
+)
+def test_config_bad_option_raises(option: str, value: object) -> None:
+    options: dict[str, Any] = {option: value}
+    with pytest.raises(ConfigError, match=names_option(option)):
+        CacheConfig(**options)
+
+
+def test_config_purge_options_accepted() -> None:
+    config = CacheConfig(purge_token="x" * 16, purge_path="/admin/purge")
+    assert (config.purge_token, config.purge_path) == ("x" * 16, "/admin/purge")
+
+
+def test_tags_for_collects_every_matching_rule_in_order() -> None:
+    config = CacheConfig(
+        tag_rules={
+            "/products/*": ["products"],
+            re.compile(r"/products/\d+$"): ["product-page", "catalogue"],
+            "/blog/*": ["blog"],
+            "/products/*/reviews": ["t" * MAX_TAG_LENGTH],
+        }
+    )
+    assert config.tags_for("/products/12") == ("products", "product-page", "catalogue")
+    assert config.tags_for("/products/12/reviews") == ("products", "t" * MAX_TAG_LENGTH)
+    assert config.tags_for("/about") == ()

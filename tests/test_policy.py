@@ -1,0 +1,976 @@
+"""Tables for ``policy``: header parsing, freshness, the store decision and usability.
+
+Every case is a bare set of headers and a fixed clock; no server, no Redis.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Collection
+from email.utils import formatdate
+
+import pytest
+
+from redis_cache_middleware.entry import CachedEntry
+from redis_cache_middleware.policy import (
+    HEURISTIC_STATUSES,
+    MAX_DELTA_SECONDS,
+    NO_DIRECTIVES,
+    CacheControl,
+    RequestDirectives,
+    StoreDecision,
+    check_usable,
+    decide_store,
+    get_freshness_lifetime,
+    parse_cache_control,
+    parse_http_date,
+    parse_request,
+    parse_vary,
+)
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+#: The clock every case runs at.
+NOW = 1_700_000_000.0
+
+#: RFC 9110 5.6.7's example date, and its POSIX time.
+EXAMPLE_DATE = 784111777.0
+
+
+def http_date(timestamp: float) -> bytes:
+    """Return the IMF-fixdate of a POSIX time."""
+    return formatdate(timestamp, usegmt=True).encode()
+
+
+def decide(
+    headers: RawHeaders,
+    *,
+    status: int = 200,
+    default_ttl: float | None = None,
+    cacheable_statuses: Collection[int] = HEURISTIC_STATUSES,
+    cache_set_cookie: bool = False,
+    request_has_authorization: bool = False,
+    stale_while_revalidate: float = 0.0,
+    stale_if_error: float = 0.0,
+) -> StoreDecision:
+    """Return ``decide_store`` at ``NOW`` with the defaults the middleware uses."""
+    return decide_store(
+        status,
+        headers,
+        now=NOW,
+        default_ttl=default_ttl,
+        cacheable_statuses=cacheable_statuses,
+        cache_set_cookie=cache_set_cookie,
+        request_has_authorization=request_has_authorization,
+        stale_while_revalidate=stale_while_revalidate,
+        stale_if_error=stale_if_error,
+    )
+
+
+def cc(value: bytes) -> tuple[bytes, bytes]:
+    """Return a ``Cache-Control`` header."""
+    return (b"cache-control", value)
+
+
+# -- parse_cache_control ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        pytest.param([], CacheControl(), id="no-header"),
+        pytest.param([b""], CacheControl(), id="empty-value"),
+        pytest.param([b"no-store"], CacheControl(no_store=True), id="no-store"),
+        pytest.param([b"no-cache"], CacheControl(no_cache=True), id="no-cache"),
+        pytest.param([b"private"], CacheControl(private=True), id="private"),
+        pytest.param([b"public"], CacheControl(public=True), id="public"),
+        pytest.param(
+            [b"must-revalidate"],
+            CacheControl(must_revalidate=True),
+            id="must-revalidate",
+        ),
+        pytest.param(
+            [b"proxy-revalidate"],
+            CacheControl(proxy_revalidate=True),
+            id="proxy-revalidate",
+        ),
+        pytest.param([b"only-if-cached"], CacheControl(only_if_cached=True), id="only-if-cached"),
+        pytest.param([b"max-age=60"], CacheControl(max_age=60), id="max-age"),
+        pytest.param([b"s-maxage=60"], CacheControl(s_maxage=60), id="s-maxage"),
+        pytest.param([b"min-fresh=5"], CacheControl(min_fresh=5), id="min-fresh"),
+        pytest.param([b"max-stale=7"], CacheControl(max_stale=7), id="max-stale"),
+        pytest.param(
+            [b"max-stale"],
+            CacheControl(max_stale=MAX_DELTA_SECONDS),
+            id="max-stale-without-value-is-any",
+        ),
+        pytest.param(
+            [b"stale-while-revalidate=30"],
+            CacheControl(stale_while_revalidate=30),
+            id="stale-while-revalidate",
+        ),
+        pytest.param(
+            [b"stale-if-error=90"],
+            CacheControl(stale_if_error=90),
+            id="stale-if-error",
+        ),
+        pytest.param(
+            [b"public, max-age=60, s-maxage=120, must-revalidate"],
+            CacheControl(public=True, max_age=60, s_maxage=120, must_revalidate=True),
+            id="several",
+        ),
+        pytest.param(
+            [b"NO-STORE, Max-Age=60, PuBlIc"],
+            CacheControl(no_store=True, max_age=60, public=True),
+            id="case-insensitive-names",
+        ),
+        pytest.param(
+            [b"  max-age = 60 ,\tprivate\t,, ,no-cache  "],
+            CacheControl(max_age=60, private=True, no_cache=True),
+            id="whitespace-and-empty-items",
+        ),
+        pytest.param(
+            [b'no-cache="set-cookie, x", max-age=60'],
+            CacheControl(no_cache=True, max_age=60),
+            id="quoted-string-with-comma",
+        ),
+        pytest.param(
+            [b'private="max-age=5, no-store", public'],
+            CacheControl(private=True, public=True),
+            id="directives-inside-quotes-ignored",
+        ),
+        pytest.param(
+            [b'no-cache="a\\"b, c", max-age=9'],
+            CacheControl(no_cache=True, max_age=9),
+            id="escaped-quote-inside-quotes",
+        ),
+        pytest.param([b'max-age="60"'], CacheControl(max_age=60), id="quoted-delta"),
+        pytest.param(
+            [b'no-cache="set-cookie, max-age=5'],
+            CacheControl(no_cache=True),
+            id="unterminated-quote-swallows-rest",
+        ),
+        pytest.param([b"max-age=abc"], CacheControl(max_age=0), id="delta-junk"),
+        pytest.param([b"max-age=-1"], CacheControl(max_age=0), id="delta-negative"),
+        pytest.param([b"max-age=1.5"], CacheControl(max_age=0), id="delta-fraction"),
+        pytest.param([b"max-age=+5"], CacheControl(max_age=0), id="delta-plus-sign"),
+        pytest.param([b"max-age=0x10"], CacheControl(max_age=0), id="delta-hex"),
+        pytest.param([b"max-age="], CacheControl(max_age=0), id="delta-empty-value"),
+        pytest.param([b"max-age"], CacheControl(max_age=0), id="delta-no-value"),
+        pytest.param([b"s-maxage=60s"], CacheControl(s_maxage=0), id="delta-unit"),
+        pytest.param([b"max-age=\xb2"], CacheControl(max_age=0), id="delta-superscript-digit"),
+        pytest.param(
+            [b"max-age=99999999999999999999999"],
+            CacheControl(max_age=MAX_DELTA_SECONDS),
+            id="delta-huge-clamped",
+        ),
+        pytest.param(
+            [b"max-age=2147483647"],
+            CacheControl(max_age=2147483647),
+            id="delta-just-below-clamp",
+        ),
+        pytest.param([b"max-age=0060"], CacheControl(max_age=60), id="delta-leading-zeros"),
+        pytest.param(
+            [b"max-age=60, max-age=60"],
+            CacheControl(max_age=60),
+            id="duplicate-agreeing",
+        ),
+        pytest.param(
+            [b"max-age=60, max-age=120"],
+            CacheControl(max_age=0),
+            id="duplicate-conflicting",
+        ),
+        pytest.param(
+            [b"max-age=60", b"max-age=120"],
+            CacheControl(max_age=0),
+            id="duplicate-conflicting-across-lines",
+        ),
+        pytest.param(
+            [b"max-age=60, max-age=120, max-age=120"],
+            CacheControl(max_age=0),
+            id="conflict-not-undone-by-later-agreement",
+        ),
+        pytest.param(
+            [b"s-maxage=5, s-maxage=abc"],
+            CacheControl(s_maxage=0),
+            id="duplicate-with-junk",
+        ),
+        pytest.param(
+            [b"public", b"max-age=60"],
+            CacheControl(public=True, max_age=60),
+            id="several-field-lines",
+        ),
+        pytest.param(
+            [b'immutable, foo=bar, x-custom, community="UCI", max-age=5'],
+            CacheControl(max_age=5),
+            id="unknown-directives-ignored",
+        ),
+        pytest.param(
+            [b"no-storex, xno-store, max-agex=5"],
+            CacheControl(),
+            id="near-miss-names-ignored",
+        ),
+        pytest.param(
+            [b"\xff\xfe=\x80, m\xe4x-age=5, private"],
+            CacheControl(private=True),
+            id="non-ascii-bytes",
+        ),
+        pytest.param([b",,,"], CacheControl(), id="only-commas"),
+        pytest.param([b"=5, ="], CacheControl(), id="no-names"),
+    ],
+)
+def test_parse_cache_control(values: list[bytes], expected: CacheControl) -> None:
+    assert parse_cache_control(values) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        bytes(range(256)),
+        b'"' * 7,
+        b"=" * 5 + b'"',
+        b'no-cache="\\',
+        b"max-age=\x00\x01",
+        "max-age=٣".encode(),
+        b"\\\\\\",
+    ],
+    ids=["all-bytes", "quotes", "equals-quote", "trailing-backslash", "nul", "utf8", "bs"],
+)
+def test_parse_cache_control_junk_never_raises(value: bytes) -> None:
+    result = parse_cache_control([value])
+    assert isinstance(result, CacheControl)
+    assert result.max_age in (None, 0)
+
+
+# -- parse_vary ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        pytest.param([], (), id="no-header"),
+        pytest.param([b""], (), id="empty-value"),
+        pytest.param([b"Accept"], ("accept",), id="one"),
+        pytest.param(
+            [b"Accept-Encoding, Accept"],
+            ("accept", "accept-encoding"),
+            id="sorted",
+        ),
+        pytest.param([b"ACCEPT, accept, Accept"], ("accept",), id="case-and-duplicates"),
+        pytest.param([b" , Accept,, ,"], ("accept",), id="empty-items"),
+        pytest.param(
+            [b"Accept", b"Cookie", b"accept"],
+            ("accept", "cookie"),
+            id="several-field-lines",
+        ),
+        pytest.param([b"*"], None, id="star"),
+        pytest.param([b"Accept, *"], None, id="star-among-names"),
+        pytest.param([b" * "], None, id="star-with-spaces"),
+        pytest.param([b"Accept", b"*"], None, id="star-on-second-line"),
+    ],
+)
+def test_parse_vary(values: list[bytes], expected: tuple[str, ...] | None) -> None:
+    assert parse_vary(values) == expected
+
+
+# -- parse_http_date ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(b"Sun, 06 Nov 1994 08:49:37 GMT", EXAMPLE_DATE, id="imf-fixdate"),
+        pytest.param(b"Sunday, 06-Nov-94 08:49:37 GMT", EXAMPLE_DATE, id="rfc850"),
+        pytest.param(b"Sun Nov  6 08:49:37 1994", EXAMPLE_DATE, id="asctime-is-utc"),
+        pytest.param(
+            b"Sun Nov 16 08:49:37 1994", EXAMPLE_DATE + 864000, id="asctime-two-digit-day"
+        ),
+        pytest.param(http_date(NOW), NOW, id="imf-fixdate-now"),
+        pytest.param(b"", None, id="empty"),
+        pytest.param(b"0", None, id="zero"),
+        pytest.param(b"-1", None, id="minus-one"),
+        pytest.param(b"junk", None, id="junk"),
+        pytest.param(b"Sun, 06 Nov 1994 25:49:37 GMT", None, id="hour-25"),
+        pytest.param(b"Sun, 32 Nov 1994 08:49:37 GMT", None, id="day-32"),
+        pytest.param(b"Sun, 06 Foo 1994 08:49:37 GMT", None, id="bad-month"),
+        pytest.param(b"Sun, 06 Nov 99999 08:49:37 GMT", None, id="year-99999"),
+        pytest.param(b"\xff\xfe\x00", None, id="binary"),
+        pytest.param(b"2024-01-01T00:00:00Z", None, id="iso-8601"),
+    ],
+)
+def test_parse_http_date(value: bytes, expected: float | None) -> None:
+    assert parse_http_date(value) == expected
+
+
+# -- parse_request ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "pragma", "expected"),
+    [
+        pytest.param([], [], NO_DIRECTIVES, id="nothing"),
+        pytest.param([], [b"no-cache"], RequestDirectives(no_cache=True), id="pragma"),
+        pytest.param([], [b"NO-CACHE"], RequestDirectives(no_cache=True), id="pragma-case"),
+        pytest.param([], [b"foo"], NO_DIRECTIVES, id="pragma-other"),
+        pytest.param(
+            [b"max-age=5"],
+            [b"no-cache"],
+            RequestDirectives(max_age=5),
+            id="pragma-ignored-with-cache-control",
+        ),
+        pytest.param([b"no-store"], [], RequestDirectives(no_store=True), id="no-store"),
+        pytest.param([b"no-cache"], [], RequestDirectives(no_cache=True), id="no-cache"),
+        pytest.param(
+            [b"only-if-cached"],
+            [],
+            RequestDirectives(only_if_cached=True),
+            id="only-if-cached",
+        ),
+        pytest.param(
+            [b"max-age=0, min-fresh=10"],
+            [],
+            RequestDirectives(max_age=0, min_fresh=10),
+            id="max-age-and-min-fresh",
+        ),
+        pytest.param(
+            [b"public, s-maxage=5, max-stale"],
+            [],
+            NO_DIRECTIVES,
+            id="response-only-directives-dropped",
+        ),
+    ],
+)
+def test_parse_request(
+    cache_control: list[bytes], pragma: list[bytes], expected: RequestDirectives
+) -> None:
+    assert parse_request(cache_control, pragma) == expected
+
+
+# -- get_freshness_lifetime ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "expires", "date", "expected"),
+    [
+        pytest.param(b"", None, None, None, id="none"),
+        pytest.param(b"public", None, http_date(NOW), None, id="date-alone"),
+        pytest.param(b"max-age=20", None, None, 20.0, id="max-age"),
+        pytest.param(b"max-age=0", None, None, 0.0, id="max-age-zero-is-explicit"),
+        pytest.param(
+            b"max-age=20, s-maxage=10",
+            http_date(NOW + 500),
+            http_date(NOW),
+            10.0,
+            id="s-maxage-over-max-age-and-expires",
+        ),
+        pytest.param(
+            b"max-age=20",
+            http_date(NOW + 500),
+            http_date(NOW),
+            20.0,
+            id="max-age-over-expires",
+        ),
+        pytest.param(
+            b"max-age=abc",
+            http_date(NOW + 500),
+            http_date(NOW),
+            0.0,
+            id="junk-max-age-still-over-expires",
+        ),
+        pytest.param(
+            b"",
+            http_date(NOW + 120),
+            http_date(NOW - 1000),
+            1120.0,
+            id="expires-minus-date",
+        ),
+        pytest.param(b"", http_date(NOW + 50), None, 50.0, id="expires-without-date-uses-now"),
+        pytest.param(
+            b"",
+            http_date(NOW + 50),
+            b"garbage",
+            50.0,
+            id="expires-with-invalid-date-uses-now",
+        ),
+        pytest.param(b"", http_date(NOW - 50), None, 0.0, id="expires-in-past-clamped"),
+        pytest.param(
+            b"",
+            b"Sun Nov  6 08:50:37 1994",
+            b"Sunday, 06-Nov-94 08:49:37 GMT",
+            60.0,
+            id="expires-asctime-date-rfc850",
+        ),
+        pytest.param(b"", b"0", http_date(NOW), 0.0, id="expires-invalid-zero"),
+        pytest.param(b"", b"junk", None, 0.0, id="expires-invalid-junk"),
+        pytest.param(b"", b"", None, 0.0, id="expires-empty"),
+    ],
+)
+def test_get_freshness_lifetime(
+    cache_control: bytes,
+    expires: bytes | None,
+    date: bytes | None,
+    expected: float | None,
+) -> None:
+    parsed = parse_cache_control([cache_control] if cache_control else [])
+    assert get_freshness_lifetime(parsed, expires, date, NOW) == expected
+
+
+# -- decide_store -------------------------------------------------------------------------
+
+MAX_AGE_60 = cc(b"max-age=60")
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "cacheable", "reason"),
+    [
+        pytest.param(500, [MAX_AGE_60], HEURISTIC_STATUSES, "status", id="500"),
+        pytest.param(302, [MAX_AGE_60], HEURISTIC_STATUSES, "status", id="302"),
+        pytest.param(201, [MAX_AGE_60], HEURISTIC_STATUSES, "status", id="201"),
+        pytest.param(200, [MAX_AGE_60], {404}, "status", id="200-not-configured"),
+        pytest.param(206, [MAX_AGE_60], {200, 206}, "partial", id="206"),
+        pytest.param(
+            200,
+            [MAX_AGE_60, (b"content-range", b"bytes 0-1/2")],
+            HEURISTIC_STATUSES,
+            "partial",
+            id="content-range",
+        ),
+        pytest.param(
+            200,
+            [cc(b"public, max-age=60, no-store")],
+            HEURISTIC_STATUSES,
+            "no-store",
+            id="no-store",
+        ),
+        pytest.param(
+            200,
+            [cc(b"public, max-age=60"), cc(b"NO-STORE")],
+            HEURISTIC_STATUSES,
+            "no-store",
+            id="no-store-on-second-line",
+        ),
+        pytest.param(
+            200,
+            [cc(b"private, max-age=60")],
+            HEURISTIC_STATUSES,
+            "private",
+            id="private",
+        ),
+        pytest.param(
+            200,
+            [cc(b'private="set-cookie", max-age=60')],
+            HEURISTIC_STATUSES,
+            "private",
+            id="private-qualified",
+        ),
+        pytest.param(
+            200,
+            [MAX_AGE_60, (b"set-cookie", b"session=1")],
+            HEURISTIC_STATUSES,
+            "set-cookie",
+            id="set-cookie",
+        ),
+        pytest.param(
+            200,
+            [MAX_AGE_60, (b"vary", b"*")],
+            HEURISTIC_STATUSES,
+            "vary-star",
+            id="vary-star",
+        ),
+        pytest.param(
+            200,
+            [MAX_AGE_60, (b"vary", b"Accept"), (b"vary", b"*")],
+            HEURISTIC_STATUSES,
+            "vary-star",
+            id="vary-star-second-line",
+        ),
+        pytest.param(200, [], HEURISTIC_STATUSES, "no-ttl", id="no-ttl"),
+        pytest.param(200, [cc(b"public")], HEURISTIC_STATUSES, "no-ttl", id="public-no-ttl"),
+        pytest.param(
+            200,
+            [cc(b"no-cache")],
+            HEURISTIC_STATUSES,
+            "no-ttl",
+            id="no-cache-no-ttl",
+        ),
+        pytest.param(
+            200,
+            [cc(b"no-cache, max-age=0")],
+            HEURISTIC_STATUSES,
+            "no-ttl",
+            id="no-cache-max-age-zero-no-default",
+        ),
+        pytest.param(200, [cc(b"max-age=0")], HEURISTIC_STATUSES, "stale", id="max-age-zero"),
+        pytest.param(200, [cc(b"max-age=abc")], HEURISTIC_STATUSES, "stale", id="max-age-junk"),
+        pytest.param(
+            200,
+            [(b"expires", b"0")],
+            HEURISTIC_STATUSES,
+            "stale",
+            id="expires-invalid",
+        ),
+        pytest.param(
+            200,
+            [(b"expires", http_date(NOW - 10)), (b"date", http_date(NOW))],
+            HEURISTIC_STATUSES,
+            "stale",
+            id="expires-before-date",
+        ),
+        pytest.param(
+            200,
+            [MAX_AGE_60, (b"age", b"60")],
+            HEURISTIC_STATUSES,
+            "stale",
+            id="age-equal-to-max-age",
+        ),
+        pytest.param(
+            200,
+            [MAX_AGE_60, (b"age", b"100")],
+            HEURISTIC_STATUSES,
+            "stale",
+            id="age-over-max-age",
+        ),
+        pytest.param(
+            200,
+            [cc(b"max-age=60, s-maxage=5"), (b"age", b"10")],
+            HEURISTIC_STATUSES,
+            "stale",
+            id="age-over-s-maxage",
+        ),
+    ],
+)
+def test_decide_store_refuses(
+    status: int, headers: RawHeaders, cacheable: Collection[int], reason: str
+) -> None:
+    decision = decide(headers, status=status, cacheable_statuses=cacheable)
+    assert decision == StoreDecision(store=False, reason=reason)
+    assert decision.ttl == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "default_ttl", "reason"),
+    [
+        pytest.param([], None, "no-ttl", id="no-default"),
+        pytest.param([(b"set-cookie", b"a=1")], 30.0, "set-cookie", id="set-cookie"),
+        pytest.param([cc(b"max-age=0")], 30.0, "stale", id="explicit-zero-wins"),
+        pytest.param([(b"expires", b"junk")], 30.0, "stale", id="invalid-expires-wins"),
+    ],
+)
+def test_decide_store_default_ttl_does_not_rescue(
+    headers: RawHeaders, default_ttl: float | None, reason: str
+) -> None:
+    assert decide(headers, default_ttl=default_ttl) == StoreDecision(store=False, reason=reason)
+
+
+def test_decide_store_guards_checked_in_order() -> None:
+    headers = [
+        cc(b"no-store, private"),
+        (b"set-cookie", b"a=1"),
+        (b"vary", b"*"),
+        (b"content-range", b"bytes 0-1/2"),
+    ]
+    assert decide(headers, status=500).reason == "status"
+    assert decide(headers).reason == "partial"
+    assert decide(headers[:1] + headers[1:3]).reason == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("headers", "store", "reason", "shared"),
+    [
+        pytest.param([MAX_AGE_60], False, "authorization", False, id="max-age-only"),
+        pytest.param([], False, "authorization", False, id="no-headers"),
+        pytest.param(
+            [cc(b"max-age=60, proxy-revalidate")],
+            False,
+            "authorization",
+            False,
+            id="proxy-revalidate-not-enough",
+        ),
+        pytest.param([cc(b"public, max-age=60")], True, "stored", True, id="public"),
+        pytest.param([cc(b"s-maxage=60")], True, "stored", True, id="s-maxage"),
+        pytest.param(
+            [cc(b"must-revalidate, max-age=60")],
+            True,
+            "stored",
+            True,
+            id="must-revalidate",
+        ),
+        pytest.param(
+            [cc(b"private, public, max-age=60")],
+            False,
+            "private",
+            False,
+            id="private-before-authorization",
+        ),
+    ],
+)
+def test_decide_store_authorization(
+    headers: RawHeaders, store: bool, reason: str, shared: bool
+) -> None:
+    decision = decide(headers, request_has_authorization=True)
+    assert (decision.store, decision.reason) == (store, reason)
+    assert decision.shared_with_auth is shared
+    if store:
+        assert decision.fresh_for == 60.0
+
+
+def test_decide_store_public_marks_shared_without_authorization() -> None:
+    assert decide([cc(b"public, max-age=60")]).shared_with_auth is True
+    assert decide([MAX_AGE_60]).shared_with_auth is False
+
+
+def test_decide_store_set_cookie_allowed_when_configured() -> None:
+    decision = decide([MAX_AGE_60, (b"set-cookie", b"session=1")], cache_set_cookie=True)
+    assert decision == StoreDecision(store=True, reason="stored", fresh_for=60.0)
+
+
+@pytest.mark.parametrize(
+    ("headers", "default_ttl", "fresh_for", "stale_for", "ttl"),
+    [
+        pytest.param([MAX_AGE_60], None, 60.0, 0.0, 60.0, id="max-age"),
+        pytest.param([MAX_AGE_60], 30.0, 60.0, 0.0, 60.0, id="max-age-over-default"),
+        pytest.param([cc(b"max-age=10")], 30.0, 10.0, 0.0, 10.0, id="shorter-max-age"),
+        pytest.param([], 30.0, 30.0, 0.0, 30.0, id="default-when-none-stated"),
+        pytest.param([cc(b"public")], 30.0, 30.0, 0.0, 30.0, id="default-with-public"),
+        pytest.param([], 0.5, 0.5, 0.0, 0.5, id="fractional-default"),
+        pytest.param(
+            [cc(b"max-age=10, s-maxage=100")], None, 100.0, 0.0, 100.0, id="s-maxage-wins"
+        ),
+        pytest.param(
+            [(b"expires", http_date(NOW + 300)), (b"date", http_date(NOW))],
+            30.0,
+            300.0,
+            0.0,
+            300.0,
+            id="expires-over-default",
+        ),
+        pytest.param(
+            [(b"expires", http_date(NOW + 300))],
+            None,
+            300.0,
+            0.0,
+            300.0,
+            id="expires-without-date",
+        ),
+        pytest.param(
+            [cc(b"max-age=60, stale-while-revalidate=30")],
+            None,
+            60.0,
+            30.0,
+            90.0,
+            id="stale-while-revalidate",
+        ),
+        pytest.param(
+            [cc(b"max-age=60, stale-if-error=90")],
+            None,
+            60.0,
+            90.0,
+            150.0,
+            id="stale-if-error",
+        ),
+        pytest.param(
+            [cc(b"max-age=60, stale-while-revalidate=30, stale-if-error=10")],
+            None,
+            60.0,
+            30.0,
+            90.0,
+            id="longest-stale-window",
+        ),
+        pytest.param(
+            [cc(b"max-age=0, stale-while-revalidate=30")],
+            None,
+            0.0,
+            30.0,
+            30.0,
+            id="stale-on-arrival-kept-for-window",
+        ),
+        pytest.param(
+            [cc(b"max-age=60, stale-while-revalidate=30, must-revalidate")],
+            None,
+            60.0,
+            0.0,
+            60.0,
+            id="must-revalidate-drops-stale-window",
+        ),
+        pytest.param(
+            [cc(b"max-age=60, stale-if-error=30, proxy-revalidate")],
+            None,
+            60.0,
+            0.0,
+            60.0,
+            id="proxy-revalidate-drops-stale-window",
+        ),
+        pytest.param(
+            [cc(b"s-maxage=60, stale-while-revalidate=30")],
+            None,
+            60.0,
+            0.0,
+            60.0,
+            id="s-maxage-drops-stale-window",
+        ),
+        pytest.param([MAX_AGE_60, (b"age", b"10")], None, 60.0, 0.0, 50.0, id="age-shortens-ttl"),
+        pytest.param([MAX_AGE_60, (b"age", b" 10 ")], None, 60.0, 0.0, 50.0, id="age-whitespace"),
+        pytest.param([MAX_AGE_60, (b"age", b"abc")], None, 60.0, 0.0, 60.0, id="age-junk-is-zero"),
+        pytest.param(
+            [MAX_AGE_60, (b"age", b"10"), (b"age", b"20")],
+            None,
+            60.0,
+            0.0,
+            40.0,
+            id="age-last-line-wins",
+        ),
+        pytest.param([MAX_AGE_60, (b"age", b"59")], None, 60.0, 0.0, 1.0, id="age-one-second-left"),
+        pytest.param(
+            [cc(b"max-age=60, stale-while-revalidate=30"), (b"age", b"50")],
+            None,
+            60.0,
+            30.0,
+            40.0,
+            id="age-with-stale-window",
+        ),
+        pytest.param([], 10.0, 10.0, 0.0, 10.0, id="no-headers-with-default"),
+    ],
+)
+def test_decide_store_stores(
+    headers: RawHeaders,
+    default_ttl: float | None,
+    fresh_for: float,
+    stale_for: float,
+    ttl: float,
+) -> None:
+    decision = decide(headers, default_ttl=default_ttl)
+    assert (decision.store, decision.reason) == (True, "stored")
+    assert (decision.fresh_for, decision.stale_for, decision.ttl) == (fresh_for, stale_for, ttl)
+
+
+@pytest.mark.parametrize(
+    ("swr", "sie", "header", "stale_for"),
+    [
+        pytest.param(10.0, 0.0, b"max-age=60", 10.0, id="configured-swr"),
+        pytest.param(0.0, 20.0, b"max-age=60", 20.0, id="configured-sie"),
+        pytest.param(
+            10.0,
+            0.0,
+            b"max-age=60, stale-while-revalidate=5",
+            5.0,
+            id="header-overrides-configured-swr",
+        ),
+        pytest.param(
+            10.0,
+            50.0,
+            b"max-age=60, stale-if-error=0",
+            10.0,
+            id="header-zero-overrides-configured-sie",
+        ),
+        pytest.param(10.0, 20.0, b"max-age=60, must-revalidate", 0.0, id="must-revalidate"),
+    ],
+)
+def test_decide_store_configured_stale_windows(
+    swr: float, sie: float, header: bytes, stale_for: float
+) -> None:
+    decision = decide([cc(header)], stale_while_revalidate=swr, stale_if_error=sie)
+    assert decision.store is True
+    assert decision.stale_for == stale_for
+
+
+def test_decide_store_records_initial_age() -> None:
+    decision = decide([MAX_AGE_60, (b"age", b"15")])
+    assert (decision.fresh_for, decision.initial_age, decision.ttl) == (60.0, 15.0, 45.0)
+
+
+def test_decide_store_records_vary_names() -> None:
+    decision = decide([MAX_AGE_60, (b"vary", b"Accept-Encoding, Accept"), (b"vary", b"accept")])
+    assert decision.vary == ("accept", "accept-encoding")
+
+
+@pytest.mark.parametrize(
+    ("headers", "default_ttl", "stale_for"),
+    [
+        pytest.param([cc(b"no-cache, max-age=60")], None, 60.0, id="max-age"),
+        pytest.param([cc(b"no-cache")], 30.0, 30.0, id="default-ttl"),
+        pytest.param([cc(b'no-cache="set-cookie", max-age=60')], None, 60.0, id="qualified"),
+        pytest.param(
+            [cc(b"no-cache, max-age=60, stale-while-revalidate=500")],
+            None,
+            60.0,
+            id="stale-window-replaced-by-lifetime",
+        ),
+    ],
+)
+def test_decide_store_no_cache_stored_never_fresh(
+    headers: RawHeaders, default_ttl: float | None, stale_for: float
+) -> None:
+    decision = decide(headers, default_ttl=default_ttl)
+    assert (decision.store, decision.reason) == (True, "no-cache")
+    assert decision.fresh_for == 0.0
+    assert decision.stale_for == stale_for
+
+
+def test_decide_store_no_cache_with_authorization_needs_permission() -> None:
+    decision = decide([cc(b"no-cache, max-age=60")], request_has_authorization=True)
+    assert decision == StoreDecision(store=False, reason="authorization")
+
+
+def entry_for(decision: StoreDecision) -> CachedEntry:
+    """Return the entry the middleware builds from a decision, stored at ``NOW``."""
+    return CachedEntry(
+        status=200,
+        headers=[],
+        body=b"",
+        stored_at=NOW,
+        fresh_for=decision.fresh_for,
+        stale_for=decision.stale_for,
+        initial_age=decision.initial_age,
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds_in_cache", "usable"),
+    [
+        pytest.param(0.0, True, id="just-stored"),
+        pytest.param(45.0, True, id="55s-old-of-60"),
+        pytest.param(49.9, True, id="almost-stale"),
+        pytest.param(50.0, False, id="60s-old"),
+    ],
+)
+def test_decide_store_age_counted_once(seconds_in_cache: float, usable: bool) -> None:
+    # The origin reported Age: 10, so 50 s in the cache use up max-age=60.
+    entry = entry_for(decide([MAX_AGE_60, (b"age", b"10")]))
+    age = entry.age(NOW + seconds_in_cache)
+    assert age == pytest.approx(10.0 + seconds_in_cache)
+    assert check_usable(entry.fresh_for, age, NO_DIRECTIVES).usable is usable
+
+
+def test_decide_store_ttl_covers_usable_time() -> None:
+    decision = decide([MAX_AGE_60, (b"age", b"10")])
+    entry = entry_for(decision)
+    # Redis keeps the entry exactly as long as it can answer requests.
+    assert check_usable(entry.fresh_for, entry.age(NOW + decision.ttl - 0.01), NO_DIRECTIVES).usable
+    assert not check_usable(entry.fresh_for, entry.age(NOW + decision.ttl), NO_DIRECTIVES).usable
+
+
+@pytest.mark.parametrize(
+    ("age", "expected_ttl"),
+    [
+        pytest.param(b"50", 40.0, id="fresh-10s-plus-window"),
+        pytest.param(b"60", 30.0, id="stale-now-whole-window"),
+        pytest.param(b"70", 20.0, id="stale-10s-leaves-20s-of-30s-window"),
+        pytest.param(b"89", 1.0, id="last-second-of-window"),
+    ],
+)
+def test_decide_store_age_shortens_stale_window(age: bytes, expected_ttl: float) -> None:
+    decision = decide([cc(b"max-age=60, stale-while-revalidate=30"), (b"age", age)])
+    assert (decision.store, decision.fresh_for, decision.stale_for) == (True, 60.0, 30.0)
+    assert decision.ttl == expected_ttl
+
+
+@pytest.mark.parametrize("age", [b"90", b"100", b"99999999999"])
+def test_decide_store_age_beyond_stale_window_is_stale(age: bytes) -> None:
+    decision = decide([cc(b"max-age=60, stale-while-revalidate=30"), (b"age", age)])
+    assert decision == StoreDecision(store=False, reason="stale")
+
+
+DIRECTIVE_POOL = [
+    b"max-age=0",
+    b"max-age=60",
+    b"s-maxage=30",
+    b"stale-while-revalidate=30",
+    b"stale-if-error=5",
+    b"must-revalidate",
+    b"public",
+]
+
+
+def test_decide_store_stored_means_positive_ttl() -> None:
+    # Every combination of the pool with a range of Age headers and defaults: a response
+    # that is stored must have time left in Redis, and a refusal keeps nothing.
+    checked = 0
+    for size in range(len(DIRECTIVE_POOL) + 1):
+        for combo in itertools.combinations(DIRECTIVE_POOL, size):
+            for age in [None, b"0", b"30", b"60", b"89", b"90", b"1000"]:
+                for default_ttl in [None, 0.0, 10.0]:
+                    headers = [cc(b", ".join(combo))] if combo else []
+                    if age is not None:
+                        headers.append((b"age", age))
+                    decision = decide(headers, default_ttl=default_ttl)
+                    assert decision.ttl > 0 if decision.store else decision.ttl == 0, (
+                        combo,
+                        age,
+                        default_ttl,
+                    )
+                    checked += decision.store
+    assert checked > 100
+
+
+@pytest.mark.parametrize(
+    ("header", "age", "default_ttl"),
+    [
+        pytest.param(b"no-cache, max-age=60", b"60", None, id="age-equals-max-age"),
+        pytest.param(b"no-cache, max-age=60", b"100", None, id="age-over-max-age"),
+        pytest.param(b"no-cache", b"30", 10.0, id="age-over-default-ttl"),
+    ],
+)
+def test_decide_store_no_cache_stored_means_positive_ttl(
+    header: bytes, age: bytes, default_ttl: float | None
+) -> None:
+    decision = decide([cc(header), (b"age", age)], default_ttl=default_ttl)
+    assert not decision.store or decision.ttl > 0
+
+
+# -- check_usable -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fresh_for", "age", "request_directives", "usable", "reason"),
+    [
+        pytest.param(60.0, 0.0, NO_DIRECTIVES, True, "", id="new"),
+        pytest.param(60.0, 59.9, NO_DIRECTIVES, True, "", id="almost-stale"),
+        pytest.param(60.0, 60.0, NO_DIRECTIVES, False, "stale", id="age-equals-fresh"),
+        pytest.param(60.0, 61.0, NO_DIRECTIVES, False, "stale", id="stale"),
+        pytest.param(0.0, 0.0, NO_DIRECTIVES, False, "stale", id="never-fresh"),
+        pytest.param(60.0, 10.0, RequestDirectives(max_age=10), True, "", id="max-age-equal"),
+        pytest.param(
+            60.0,
+            10.5,
+            RequestDirectives(max_age=10),
+            False,
+            "max-age",
+            id="max-age-exceeded",
+        ),
+        pytest.param(60.0, 0.5, RequestDirectives(max_age=0), False, "max-age", id="max-age-zero"),
+        pytest.param(60.0, 50.0, RequestDirectives(min_fresh=10), True, "", id="min-fresh-equal"),
+        pytest.param(
+            60.0,
+            50.5,
+            RequestDirectives(min_fresh=10),
+            False,
+            "min-fresh",
+            id="min-fresh-not-met",
+        ),
+        pytest.param(
+            60.0,
+            61.0,
+            RequestDirectives(max_age=100, min_fresh=0),
+            False,
+            "stale",
+            id="stale-before-request-directives",
+        ),
+        pytest.param(
+            60.0,
+            20.0,
+            RequestDirectives(max_age=10, min_fresh=50),
+            False,
+            "max-age",
+            id="max-age-before-min-fresh",
+        ),
+    ],
+)
+def test_check_usable(
+    fresh_for: float,
+    age: float,
+    request_directives: RequestDirectives,
+    usable: bool,
+    reason: str,
+) -> None:
+    result = check_usable(fresh_for, age, request_directives)
+    assert (result.usable, result.reason) == (usable, reason)
