@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -60,6 +61,8 @@ class Lookup:
     entry: CachedEntry | None = None
     #: The Vary names found at the URL's key, when it holds a marker.
     names: tuple[str, ...] | None = None
+    #: The key the entry was read from (the URL's key or a variant's).
+    key: str | None = None
 
 
 class RedisCache:
@@ -101,6 +104,8 @@ class RedisCache:
         self._on_purge = on_purge
         self._cluster = _is_cluster(client)
         self._prune_script = client.register_script(PRUNE_SCRIPT)
+        self._acquire_script = client.register_script(ACQUIRE_SCRIPT)
+        self._release_script = client.register_script(RELEASE_SCRIPT)
 
     @classmethod
     def from_url(
@@ -124,7 +129,12 @@ class RedisCache:
             ("socket_timeout", socket_timeout),
             ("connect_timeout", connect_timeout),
         ):
-            if not isinstance(value, (int, float)) or value <= 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
                 raise ConfigError(f"{name} must be a positive number of seconds; got {value!r}")
         options: dict[str, Any] = {
             "socket_timeout": socket_timeout,
@@ -264,17 +274,17 @@ class RedisCache:
             return Lookup(state=state, generation=generation)
         if isinstance(found, CachedEntry):
             self._remember_vary(uhash, None)
-            return Lookup(state="hit", generation=generation, entry=found)
+            return Lookup(state="hit", generation=generation, entry=found, key=base)
         names = found.names
         self._remember_vary(uhash, names)
+        vkey = keys.variant_key(base, keys.variant_hash(names, values_for(names)))
         if guessed_key is not None and guess == names:
             variant_reply = replies[2]
         else:
-            vkey = keys.variant_key(base, keys.variant_hash(names, values_for(names)))
             variant_reply = await self._client.hgetall(vkey)
         variant = _decode_reply(variant_reply)
         if isinstance(variant, CachedEntry):
-            return Lookup(state="hit", generation=generation, entry=variant, names=names)
+            return Lookup(state="hit", generation=generation, entry=variant, names=names, key=vkey)
         state = "vary-miss" if _is_empty(variant_reply) else "corrupt"
         return Lookup(state=state, generation=generation, names=names)
 
@@ -292,6 +302,7 @@ class RedisCache:
         found_names: tuple[str, ...] | None = None,
         host: bytes | None = None,
         path: str | None = None,
+        fill: FillLock | None = None,
     ) -> None:
         """Store an entry for a URL (or for one variant of it), never half-written.
 
@@ -300,6 +311,7 @@ class RedisCache:
         the lookup found at the URL's key, so that an unchanged marker is only extended.
         ``ttl`` is in seconds, freshness plus the stale window. ``host`` and ``path`` index
         the entry for ``purge_prefix``; the entry's tags index it for ``purge_tag``.
+        ``fill`` is the fill lock this request holds, released in the same transaction.
 
         The URL's keys (one cluster slot) are written in one MULTI/EXEC; on a single Redis
         the indexes join the same transaction, on a cluster they follow in a pipeline.
@@ -330,6 +342,12 @@ class RedisCache:
                 pipe.hset(entry_key, mapping=fields)  # type: ignore[arg-type]
                 pipe.pexpire(entry_key, ttl_ms)
                 _grow(pipe, keys.variants_key(base), ttl_ms, sadd=vhash)
+            if fill is not None:
+                await self._release_script(
+                    keys=[keys.lock_key(base, fill.variant), keys.pass_key(base)],
+                    args=[fill.token, 0],
+                    client=pipe,  # type: ignore[arg-type]
+                )
             if self._cluster:
                 await pipe.execute()
                 async with self._client.pipeline(transaction=False) as index_pipe:
@@ -386,6 +404,45 @@ class RedisCache:
         pipe.zadd(hkey, {host: expiry_ms}, nx=True)
         pipe.zremrangebyscore(hkey, "-inf", now_ms)
         _grow(pipe, hkey, ttl_ms)
+
+    # -- fill locks ---------------------------------------------------------------------
+
+    async def acquire_fill(self, uhash: str, fill: FillLock, ttl: float, generation: int) -> int:
+        """Try to take the fill lock of a URL (variant): ``ACQUIRED``, ``HELD`` or ``PASS``.
+
+        ``PASS`` means the URL's last response was not storable (hit-for-pass): callers go
+        to the app at once instead of queueing behind a lock.
+        """
+        base = keys.url_key(self.namespace, generation, uhash)
+        result = await self._acquire_script(
+            keys=[keys.lock_key(base, fill.variant), keys.pass_key(base)],
+            args=[fill.token, max(1, int(ttl * 1000))],
+        )
+        return int(result)
+
+    async def release_fill(
+        self, uhash: str, fill: FillLock, generation: int, *, pass_for: float = 0.0
+    ) -> None:
+        """Release a fill lock if this request still owns it; with ``pass_for``, remember
+        for that many seconds that the URL's response is not storable."""
+        base = keys.url_key(self.namespace, generation, uhash)
+        await self._release_script(
+            keys=[keys.lock_key(base, fill.variant), keys.pass_key(base)],
+            args=[fill.token, int(pass_for * 1000)],
+        )
+
+    async def refresh(self, key: str, entry: CachedEntry, *, ttl: float) -> None:
+        """Update a stored entry's headers and freshness after a 304, leaving its body.
+
+        Should the entry have gone meanwhile, what is written lacks a body and reads as a
+        miss, never as a wrong response.
+        """
+        fields = entry_codec.encode(entry)
+        del fields[entry_codec.F_BODY]
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.pexpire(key, max(1, int(ttl * 1000)))
+            await pipe.execute()
 
     # -- purges ---------------------------------------------------------------------------
 
@@ -610,6 +667,28 @@ end
 return #gone
 """
 PRUNE_BATCH = 100
+
+#: Lua: hit-for-pass wins (-1); else take the lock with NX PX (1); else it is held (0).
+ACQUIRE_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+#: Lua: delete the lock only if it holds our token; optionally set hit-for-pass for ARGV[2] ms.
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+return 1
+"""
+ACQUIRED, HELD, PASS = 1, 0, -1
+
+
+@dataclass(frozen=True, slots=True)
+class FillLock:
+    """A fill lock: which variant of the URL (``""`` for the URL) and the owner's token."""
+
+    variant: str
+    token: str
 
 
 @dataclass(frozen=True, slots=True)

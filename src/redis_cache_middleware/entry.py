@@ -2,7 +2,8 @@
 
 An entry hash holds, under a schema version ``v``: ``status``, ``headers`` (msgpack list of
 ``[name, value]`` byte pairs, in the order the app sent them, duplicates kept), ``body``,
-``stored_at`` (POSIX seconds), ``fresh_for`` and ``stale_for`` (seconds), ``age0`` (the Age
+``stored_at`` (POSIX seconds), ``fresh_for``, ``stale_for`` (kept past freshness), ``swr``
+and ``sie`` (the RFC 5861 windows) in seconds, ``age0`` (the Age
 the app reported), ``auth`` (may answer requests with Authorization) and ``tags``. Numbers are
 decimal ASCII so that ``redis-cli HGETALL`` stays readable.
 
@@ -32,6 +33,8 @@ F_BODY = b"body"
 F_STORED_AT = b"stored_at"
 F_FRESH_FOR = b"fresh_for"
 F_STALE_FOR = b"stale_for"
+F_SWR = b"swr"
+F_SIE = b"sie"
 F_INITIAL_AGE = b"age0"
 F_AUTH = b"auth"
 F_TAGS = b"tags"
@@ -54,6 +57,9 @@ class CachedEntry:
     fresh_for: float
     stale_for: float = 0.0
     initial_age: float = 0.0
+    #: Seconds past freshness it may be served while refreshed, or instead of an error.
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
     shared_with_auth: bool = False
     tags: tuple[str, ...] = field(default=())
     #: The varying request headers and this variant's values of them (for inspection;
@@ -86,6 +92,8 @@ def encode(entry: CachedEntry) -> dict[bytes, bytes]:
         F_STORED_AT: _num(entry.stored_at),
         F_FRESH_FOR: _num(entry.fresh_for),
         F_STALE_FOR: _num(entry.stale_for),
+        F_SWR: _num(entry.stale_while_revalidate),
+        F_SIE: _num(entry.stale_if_error),
         F_INITIAL_AGE: _num(entry.initial_age),
         F_AUTH: b"1" if entry.shared_with_auth else b"0",
         F_TAGS: msgpack.packb(list(entry.tags), use_bin_type=True),
@@ -157,7 +165,9 @@ def decode(fields: Mapping[bytes, bytes]) -> CachedEntry | VaryMarker | None:
         fresh_for = _float(fields[F_FRESH_FOR])
         stale_for = _float(fields[F_STALE_FOR])
         initial_age = _float(fields[F_INITIAL_AGE])
-        if min(fresh_for, stale_for, initial_age) < 0:
+        swr = _float(fields.get(F_SWR, b"0"))
+        sie = _float(fields.get(F_SIE, b"0"))
+        if min(fresh_for, stale_for, initial_age, swr, sie) < 0:
             return None
         headers = _headers(fields[F_HEADERS])
         if not _length_agrees(headers, len(body)):
@@ -170,6 +180,8 @@ def decode(fields: Mapping[bytes, bytes]) -> CachedEntry | VaryMarker | None:
             fresh_for=fresh_for,
             stale_for=stale_for,
             initial_age=initial_age,
+            stale_while_revalidate=swr,
+            stale_if_error=sie,
             shared_with_auth=fields[F_AUTH] == b"1",
             tags=_strings(fields[F_TAGS]),
             request_vary=_request_vary(fields.get(F_VARY_REQUEST)),

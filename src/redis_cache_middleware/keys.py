@@ -17,6 +17,8 @@ Layout (``ns`` namespace, ``g`` generation, ``h`` URL hash, ``vh`` variant hash)
                              prefix purges with ZRANGEBYLEX
     {ns}:{g}:p:{hh}:x        sorted set: the same members scored by expiry, for pruning
     {ns}:{g}:hosts           sorted set: the hosts with entries, scored by expiry
+    {ns}:{g}:{h}:lock[:{vh}] fill lock (``SET NX PX`` with a random token)
+    {ns}:{g}:{h}:hfp         hit-for-pass: the last response was not storable
 
 ``{h}`` is a Redis Cluster hash tag: all keys of one URL live in one slot.
 """
@@ -152,6 +154,16 @@ def prefix_ranges(prefix: str) -> list[tuple[bytes, bytes]]:
     if raw.endswith(b"/"):
         return [(b"[" + raw, b"(" + raw[:-1] + b"0")]  # '0' is the byte after '/'
     return [(b"[" + raw + b"\x00", b"(" + raw + b"\x01"), (b"[" + raw + b"/", b"(" + raw + b"0")]
+
+
+def lock_key(base: str, variant: str = "") -> str:
+    """Return the fill lock of a URL (or of one variant, by its hash)."""
+    return f"{base}:lock:{variant}" if variant else f"{base}:lock"
+
+
+def pass_key(base: str) -> str:
+    """Return the hit-for-pass marker of a URL whose last response could not be stored."""
+    return f"{base}:hfp"
 
 
 def variants_key(base: str) -> str:

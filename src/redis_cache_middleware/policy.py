@@ -213,8 +213,12 @@ class StoreDecision:
     #: The freshness lifetime in seconds (0: always stale); it is compared with the entry's
     #: age, which starts at ``initial_age``.
     fresh_for: float = 0.0
-    #: Seconds past freshness the entry is kept for stale serving.
+    #: Seconds past freshness the entry is kept for stale serving (the longer window below).
     stale_for: float = 0.0
+    #: Seconds past freshness a stale entry may be served while it is refreshed (RFC 5861).
+    stale_while_revalidate: float = 0.0
+    #: Seconds past freshness a stale entry may stand in for an error (RFC 5861).
+    stale_if_error: float = 0.0
     #: Lowercase names of the request headers the response varies on.
     vary: tuple[str, ...] = ()
     #: The response may answer requests that carry ``Authorization`` (RFC 9111 3.5).
@@ -318,21 +322,20 @@ def decide_store(
         if default_ttl is None:
             return refuse("no-ttl")
         lifetime = float(default_ttl)
-    stale_for = 0.0
+    swr_window = sie_window = 0.0
     if not (cc.must_revalidate or cc.proxy_revalidate or cc.s_maxage is not None):
+        # must-revalidate (and s-maxage, RFC 9111 5.2.2.10) forbid serving it stale.
         swr = cc.stale_while_revalidate
         sie = cc.stale_if_error
-        stale_for = float(
-            max(
-                swr if swr is not None else stale_while_revalidate,
-                sie if sie is not None else stale_if_error,
-            )
-        )
+        swr_window = float(swr if swr is not None else stale_while_revalidate)
+        sie_window = float(sie if sie is not None else stale_if_error)
+    stale_for = max(swr_window, sie_window)
+    initial_age = _parse_age(age)
     if cc.no_cache:
-        # Stored, but never served without revalidation: keep it for its stated lifetime.
+        # Stored, but never served without revalidation: kept for its stated lifetime.
         keep = lifetime if lifetime > 0 else float(default_ttl or 0)
-        if keep <= 0:
-            return refuse("no-ttl")
+        if keep <= initial_age:
+            return refuse("stale" if keep > 0 else "no-ttl")
         return StoreDecision(
             store=True,
             reason="no-cache",
@@ -340,9 +343,8 @@ def decide_store(
             stale_for=keep,
             vary=vary,
             shared_with_auth=shared_with_auth,
-            initial_age=_parse_age(age),
+            initial_age=initial_age,
         )
-    initial_age = _parse_age(age)
     # Already stale on arrival: its Age uses up its lifetime and any stale window.
     if lifetime + stale_for <= initial_age or (lifetime <= initial_age and stale_for <= 0):
         return refuse("stale")
@@ -351,6 +353,8 @@ def decide_store(
         reason="stored",
         fresh_for=lifetime,
         stale_for=stale_for,
+        stale_while_revalidate=swr_window,
+        stale_if_error=sie_window,
         vary=vary,
         shared_with_auth=shared_with_auth,
         initial_age=initial_age,
@@ -365,21 +369,158 @@ def _parse_age(value: bytes | None) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Usability:
-    """Whether a stored entry may answer a request; ``reason`` says why not."""
+    """Whether a stored entry may answer a request; ``reason`` says why not.
+
+    ``stale`` marks an entry that may be served only while it is refreshed in the background
+    (inside its stale-while-revalidate window).
+    """
 
     usable: bool
     reason: str = ""
+    stale: bool = False
 
 
 FRESH = Usability(usable=True)
 
 
-def check_usable(fresh_for: float, age: float, request: RequestDirectives) -> Usability:
+def check_usable(
+    fresh_for: float,
+    age: float,
+    request: RequestDirectives,
+    stale_while_revalidate: float = 0.0,
+) -> Usability:
     """Return whether an entry of the given freshness and age may answer the request."""
-    if age >= fresh_for:
-        return Usability(usable=False, reason="stale")
     if request.max_age is not None and age > request.max_age:
         return Usability(usable=False, reason="max-age")
+    if age >= fresh_for:
+        if age < fresh_for + stale_while_revalidate and request.min_fresh is None:
+            return Usability(usable=True, reason="stale-while-revalidate", stale=True)
+        return Usability(usable=False, reason="stale")
     if request.min_fresh is not None and fresh_for - age < request.min_fresh:
         return Usability(usable=False, reason="min-fresh")
     return FRESH
+
+
+def can_serve_stale_on_error(fresh_for: float, age: float, stale_if_error: float) -> bool:
+    """Return whether a stale entry may stand in for an error answer (RFC 5861 4)."""
+    return age < fresh_for + stale_if_error
+
+
+#: Statuses that stale-if-error may replace (RFC 5861 4).
+ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+
+def get_validators(headers: RawHeaders) -> tuple[bytes | None, bytes | None]:
+    """Return the ``ETag`` and ``Last-Modified`` of a stored response (None where absent)."""
+    etag = last_modified = None
+    for name, value in headers:
+        if name == b"etag" and etag is None:
+            etag = value.strip()
+        elif name == b"last-modified" and last_modified is None:
+            last_modified = value.strip()
+    return etag, last_modified
+
+
+def _opaque(tag: bytes) -> bytes:
+    tag = tag.strip()
+    return tag[2:] if tag.startswith((b"W/", b"w/")) else tag
+
+
+def has_matching_etag(if_none_match: Iterable[bytes], etag: bytes | None) -> bool:
+    """Return whether ``If-None-Match`` matches the ETag by weak comparison (RFC 9110 8.8.3.2)."""
+    if etag is None:
+        # "*" matches any current representation, with or without an ETag.
+        return any(c.strip() == b"*" for v in if_none_match for c in v.split(b","))
+    ours = _opaque(etag)
+    for value in if_none_match:
+        for candidate in value.split(b","):
+            candidate = candidate.strip()
+            if candidate == b"*" or (candidate and _opaque(candidate) == ours):
+                return True
+    return False
+
+
+def is_not_modified(
+    if_none_match: list[bytes],
+    if_modified_since: bytes | None,
+    headers: RawHeaders,
+    stored_at: float,
+) -> bool:
+    """Return whether a client's conditional GET/HEAD is answered by 304 for this entry.
+
+    ``If-None-Match`` wins when present (RFC 9110 13.2.2); otherwise ``If-Modified-Since``
+    is compared with ``Last-Modified``, else ``Date``, else the time the entry was stored
+    (RFC 9111 4.3.2).
+    """
+    etag, last_modified = get_validators(headers)
+    if if_none_match:
+        return has_matching_etag(if_none_match, etag)
+    if if_modified_since is None:
+        return False
+    since = parse_http_date(if_modified_since)
+    if since is None:
+        return False
+    modified: float | None = None
+    if last_modified is not None:
+        modified = parse_http_date(last_modified)
+    if modified is None:
+        date = next((v for n, v in headers if n == b"date"), None)
+        modified = parse_http_date(date) if date is not None else None
+    if modified is None:
+        modified = stored_at
+    return modified <= since
+
+
+#: The fields a 304 carries from the stored response (RFC 9110 15.4.5).
+NOT_MODIFIED_FIELDS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"}
+)
+
+
+def get_not_modified_headers(headers: RawHeaders) -> RawHeaders:
+    """Return the stored headers a 304 repeats; ``Last-Modified`` only without an ETag."""
+    has_etag = any(n == b"etag" for n, _ in headers)
+    return [
+        (n, v)
+        for n, v in headers
+        if n in NOT_MODIFIED_FIELDS or (n == b"last-modified" and not has_etag)
+    ]
+
+
+#: Fields a 304 must not change in the stored response (RFC 9111 3.2).
+_KEEP_ON_UPDATE = frozenset(
+    {
+        b"content-length",
+        b"content-encoding",
+        b"content-range",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"age",
+    }
+)
+
+
+def merge_not_modified(stored: RawHeaders, fresh: RawHeaders) -> RawHeaders:
+    """Return the stored headers updated by a 304's headers (RFC 9111 3.2).
+
+    Each field the 304 carries replaces the stored field of that name (all its lines), in
+    the stored position; new fields go at the end. Length and framing fields stay as stored.
+    """
+    updates: dict[bytes, list[bytes]] = {}
+    for name, value in fresh:
+        if name not in _KEEP_ON_UPDATE:
+            updates.setdefault(name, []).append(value)
+    merged: RawHeaders = []
+    placed: set[bytes] = set()
+    for name, value in stored:
+        if name in updates:
+            if name not in placed:
+                merged += [(name, v) for v in updates[name]]
+                placed.add(name)
+        else:
+            merged.append((name, value))
+    for name, values in updates.items():
+        if name not in placed:
+            merged += [(name, v) for v in values]
+    return merged
