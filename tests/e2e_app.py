@@ -1,9 +1,11 @@
-"""The app the end-to-end test serves with uvicorn (configured by environment variables)."""
+"""The app the end-to-end tests serve with uvicorn (configured by environment variables)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
+import redis.asyncio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -11,7 +13,10 @@ from starlette.routing import Route
 
 from redis_cache_middleware import CacheMiddleware, RedisCache
 
+NAMESPACE = os.environ["E2E_NAMESPACE"]
+DELAY = float(os.environ.get("E2E_DELAY", "0"))
 calls = {"n": 0}
+counter = redis.asyncio.Redis.from_url(os.environ["REDIS_URL"])
 
 
 async def item(request: Request) -> Response:
@@ -22,10 +27,19 @@ async def item(request: Request) -> Response:
     )
 
 
+async def slow(request: Request) -> Response:
+    # Counted in Redis so that a test sees the calls of every worker process.
+    await counter.incr(f"{NAMESPACE}:calls:{request.url.path}")
+    await asyncio.sleep(DELAY)
+    return JSONResponse({"pid": os.getpid()}, headers={"cache-control": "max-age=30"})
+
+
 async def count(request: Request) -> Response:
     return JSONResponse({"calls": calls["n"]}, headers={"cache-control": "no-store"})
 
 
-cache = RedisCache.from_url(os.environ["REDIS_URL"], namespace=os.environ["E2E_NAMESPACE"])
-app = Starlette(routes=[Route("/items/{id}", item), Route("/calls", count)])
+cache = RedisCache.from_url(os.environ["REDIS_URL"], namespace=NAMESPACE)
+app = Starlette(
+    routes=[Route("/items/{id}", item), Route("/slow/{id}", slow), Route("/calls", count)]
+)
 app.add_middleware(CacheMiddleware, cache=cache)

@@ -303,3 +303,39 @@ async def test_scan_stats_counts_entries(cache: RedisCache) -> None:
     assert stats.sampled is False
     small = await cache.scan_stats(sample=2)
     assert small.entries == 7 and small.sampled is True
+
+
+async def test_entry_tagged_during_purge_tag_stays_purgeable(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin = Origin(
+        specs={
+            "/a": Spec(headers=[("surrogate-key", "x")]),
+            "/b": Spec(headers=[("surrogate-key", "x")]),
+        }
+    )
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/a")
+        unlink = cache._unlink
+        stored_meanwhile = False
+
+        async def unlink_then_store(doomed: Any) -> list[int]:
+            nonlocal stored_meanwhile
+            removed = await unlink(doomed)
+            if not stored_meanwhile:
+                stored_meanwhile = True
+                await client.get("/b")  # tagged between the read and the cleanup
+            return removed
+
+        monkeypatch.setattr(cache, "_unlink", unlink_then_store)
+        assert await cache.purge_tag("x") == 1
+        monkeypatch.setattr(cache, "_unlink", unlink)
+        assert await cache.purge_tag("x") == 1
+        assert "hit" not in _status(await client.get("/b"))
+
+
+async def test_purge_url_ignores_user_info(cache: RedisCache) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/ui")
+    assert await cache.purge_url("http://someone@testserver/ui") == 1

@@ -33,6 +33,9 @@ from .exceptions import ConfigError
 from .stats import CacheStats
 
 if TYPE_CHECKING:
+    from .background import BackgroundTasks
+
+if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
 
     AnyRedis = Redis | RedisCluster
@@ -103,6 +106,7 @@ class RedisCache:
             raise ConfigError("on_purge must be a callable taking a PurgeEvent")
         self._on_purge = on_purge
         self._cluster = _is_cluster(client)
+        self._background: list[tuple[BackgroundTasks, float]] = []
         self._prune_script = client.register_script(PRUNE_SCRIPT)
         self._acquire_script = client.register_script(ACQUIRE_SCRIPT)
         self._release_script = client.register_script(RELEASE_SCRIPT)
@@ -155,12 +159,24 @@ class RedisCache:
         return cache
 
     @property
+    def generation(self) -> int:
+        """Return the namespace generation this process saw last."""
+        return self._generation
+
+    @property
     def client(self) -> AnyRedis:
         """Return the Redis client this cache uses."""
         return self._client
 
+    def track_background(self, tasks: BackgroundTasks, timeout: float) -> None:
+        """Have ``aclose()`` drain these background tasks (a middleware's refreshes)."""
+        self._background.append((tasks, timeout))
+
     async def aclose(self) -> None:
-        """Close the client if this cache made it (``from_url``); a client handed in stays open."""
+        """Drain the background refreshes of the middlewares using this cache, then close
+        the client if this cache made it (``from_url``); a client handed in stays open."""
+        for tasks, timeout in self._background:
+            await tasks.drain(timeout)
         if self._owns_client:
             await self._client.aclose()
 
@@ -209,9 +225,10 @@ class RedisCache:
             raise ValueError(f"url must be absolute http(s), got {url!r}")
         from urllib.parse import unquote
 
+        host = parts.netloc.rpartition("@")[2]  # user info is not part of the key
         return self.url_hash(
             parts.scheme,
-            parts.netloc.encode("latin-1", "replace"),
+            host.encode("latin-1", "replace"),
             unquote(parts.path or "/"),
             parts.query.encode("latin-1", "replace"),
             method.upper(),
@@ -507,7 +524,12 @@ class RedisCache:
             replies = await pipe.execute()
         members = sorted({_text(m) for reply in replies for m in reply})
         removed = await self._unlink(members)
-        await self._unlink(tkeys)
+        # Remove only what was read: an entry tagged meanwhile stays findable.
+        async with self._client.pipeline(transaction=False) as pipe:
+            for tkey, reply in zip(tkeys, replies, strict=True):
+                if reply:
+                    pipe.zrem(tkey, *reply)
+            await pipe.execute()
         total = sum(removed)
         self.stats.purged += total
         await self._notify(PurgeEvent("tag", tuple(tags), total))

@@ -19,6 +19,11 @@ DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 DEFAULT_TIMEOUT = 0.1
 DEFAULT_CACHE_NAME = "redis-cache"
 DEFAULT_PURGE_PATH = "/_cache/purge"
+DEFAULT_COALESCE_TIMEOUT = 5.0
+DEFAULT_KEEP_FOR_REVALIDATION = 60.0
+DEFAULT_HIT_FOR_PASS_TTL = 10.0
+DEFAULT_MAX_BACKGROUND_REFRESHES = 32
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 #: At most this many tags are kept per response, each at most MAX_TAG_LENGTH characters.
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 256
@@ -100,6 +105,15 @@ class CacheConfig:
     invalidate_on_unsafe: bool = True
     purge_token: str | None = None
     purge_path: str = DEFAULT_PURGE_PATH
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
+    keep_for_revalidation: float = DEFAULT_KEEP_FOR_REVALIDATION
+    add_etag: bool = False
+    coalesce: bool = True
+    coalesce_timeout: float = DEFAULT_COALESCE_TIMEOUT
+    hit_for_pass_ttl: float = DEFAULT_HIT_FOR_PASS_TTL
+    max_background_refreshes: int = DEFAULT_MAX_BACKGROUND_REFRESHES
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
 
     # Derived at construction.
     rule_matchers: tuple[tuple[PathMatcher, float | None], ...] = field(init=False)
@@ -198,6 +212,21 @@ class CacheConfig:
             not isinstance(self.purge_token, str) or len(self.purge_token) < 16
         ):
             raise ConfigError("purge_token must be a string of at least 16 characters, or None")
+        for option in (
+            "stale_while_revalidate",
+            "stale_if_error",
+            "hit_for_pass_ttl",
+            "shutdown_timeout",
+        ):
+            _seconds(option, getattr(self, option), allow_none=False)
+        if not _seconds("coalesce_timeout", self.coalesce_timeout, allow_none=False):
+            raise ConfigError("coalesce_timeout must be > 0 seconds")
+        for option in ("add_etag", "coalesce"):
+            if not isinstance(getattr(self, option), bool):
+                raise ConfigError(f"{option} must be True or False")
+        limit = self.max_background_refreshes
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"max_background_refreshes must be an int >= 0; got {limit!r}")
         if not isinstance(self.purge_path, str) or not self.purge_path.startswith("/"):
             raise ConfigError(
                 f"purge_path must be a path starting with '/'; got {self.purge_path!r}"

@@ -2,71 +2,74 @@
 
 One request flows one way::
 
-    scope -> admit? -> key -> lookup -> usable entry ----------> replay (Age, Cache-Status)
-      |                         |
-      |                         +-> miss, stale, vary-miss -> app -> capture -> decide -> store
-      +-> not http, not GET/HEAD, excluded -> app untouched
+    scope -> admit? -> key -> lookup -> fresh entry ---------------> replay (Age, Cache-Status)
+      |                         +-> stale, within stale-while-revalidate -> replay + refresh
+      |                         +-> miss / stale -> fill lock? -> app -> capture -> store
+      |                                              +-> held: wait for the entry, then replay
+      +-> not http, not GET/HEAD, excluded -> app untouched (unsafe methods invalidate)
 
 The decisions are made by ``policy`` (pure); Redis is reached only through ``RedisCache``.
 Every Redis call is bounded by ``timeout``, and any failure there (error, timeout, garbage)
 sends the request to the app as if there were no cache: the cache never causes a 500.
+
+Concurrent misses for one URL are coalesced: in one process they wait on one future, across
+processes on a fill lock in Redis (``SET NX PX`` with a random token, released by its owner
+only). Waiters poll for the entry with backoff, take the lock over if its owner vanished, and
+give up and go to the app after ``coalesce_timeout``: never a deadlock, never an unbounded
+wait. A URL whose response was not storable is remembered for ``hit_for_pass_ttl`` so that
+later requests are not serialised behind a lock (Varnish's hit-for-pass).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import secrets
 import sys
 import time
 from collections.abc import Collection, Mapping, Sequence
-from urllib.parse import unquote, urlsplit
 
 from . import policy
-from ._types import ASGIApp, Message, RawHeaders, Receive, Scope, Send
-from .cache import Lookup, RedisCache
+from ._types import ASGIApp, Message, Receive, Scope, Send
+from .background import BackgroundTasks
+from .cache import ACQUIRED, PASS, FillLock, Lookup, RedisCache
 from .config import (
     DEFAULT_CACHE_NAME,
+    DEFAULT_COALESCE_TIMEOUT,
+    DEFAULT_HIT_FOR_PASS_TTL,
+    DEFAULT_KEEP_FOR_REVALIDATION,
+    DEFAULT_MAX_BACKGROUND_REFRESHES,
     DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_PURGE_PATH,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_TIMEOUT,
-    MAX_TAG_LENGTH,
-    MAX_TAGS,
     CacheConfig,
     Pattern,
 )
 from .entry import CachedEntry
 from .exceptions import ConfigError
-from .keys import normalise_host
-from .stats import RateLimitedWarning, logger
+from .forward import (
+    Forward,
+    Invalidate,
+    Request,
+    empty_receive,
+    has_validators,
+    hit_status,
+    replay,
+    warn,
+)
+from .keys import variant_hash
 
 if sys.version_info >= (3, 11):
-    from asyncio import timeout as _timeout
+    from asyncio import timeout as bounded
 else:  # pragma: no cover - Python 3.10
-    from async_timeout import timeout as _timeout
-
-#: Headers that describe one connection, not the response: never stored.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"age",
-    }
-)
-
-_NO_BODY_STATUSES = frozenset({204, 304})
+    from async_timeout import timeout as bounded
 
 #: Methods whose success invalidates the cached GET of their URL (RFC 9111 4.4).
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-#: Response headers that carry surrogate keys (tags): name -> separator (None: whitespace).
-TAG_HEADERS = {b"surrogate-key": None, b"cache-tag": ","}
-
-_warn = RateLimitedWarning()
+#: Waiters poll for the filled entry starting at this delay, doubling up to the cap.
+POLL_FIRST, POLL_CAP = 0.005, 0.1
 
 
 class CacheMiddleware:
@@ -93,6 +96,17 @@ class CacheMiddleware:
         tag_rules: Mapping[Pattern, Sequence[str]] | None = None,
         keep_tag_header: bool = False,
         invalidate_on_unsafe: bool = True,
+        purge_token: str | None = None,
+        purge_path: str = DEFAULT_PURGE_PATH,
+        stale_while_revalidate: float = 0.0,
+        stale_if_error: float = 0.0,
+        keep_for_revalidation: float = DEFAULT_KEEP_FOR_REVALIDATION,
+        add_etag: bool = False,
+        coalesce: bool = True,
+        coalesce_timeout: float = DEFAULT_COALESCE_TIMEOUT,
+        hit_for_pass_ttl: float = DEFAULT_HIT_FOR_PASS_TTL,
+        max_background_refreshes: int = DEFAULT_MAX_BACKGROUND_REFRESHES,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     ) -> None:
         if not isinstance(cache, RedisCache):
             raise ConfigError(f"cache must be a RedisCache; got {type(cache).__name__}")
@@ -115,19 +129,50 @@ class CacheMiddleware:
             tag_rules=tag_rules if tag_rules is not None else {},
             keep_tag_header=keep_tag_header,
             invalidate_on_unsafe=invalidate_on_unsafe,
+            purge_token=purge_token,
+            purge_path=purge_path,
+            stale_while_revalidate=stale_while_revalidate,
+            stale_if_error=stale_if_error,
+            keep_for_revalidation=keep_for_revalidation,
+            add_etag=add_etag,
+            coalesce=coalesce,
+            coalesce_timeout=coalesce_timeout,
+            hit_for_pass_ttl=hit_for_pass_ttl,
+            max_background_refreshes=max_background_refreshes,
+            shutdown_timeout=shutdown_timeout,
         )
         if ignore_query_params:
             cache.ignore_query_params(list(ignore_query_params))
         self._vary_guess = self.config.vary_on_names or None
+        self._purge_endpoint: ASGIApp | None = None
+        if purge_token is not None:
+            from .purge import PurgeEndpoint
+
+            self._purge_endpoint = PurgeEndpoint(cache, token=purge_token)
+        #: In-process fills under way, by fill key: waiters in this process await them.
+        self._inflight: dict[str, asyncio.Future[str]] = {}
+        #: In-process lookups under way, by key: concurrent lookups share one.
+        self._lookups: dict[str, asyncio.Future[Lookup | None]] = {}
+        self.background = BackgroundTasks(self.config.max_background_refreshes)
+        cache.track_background(self.background, self.config.shutdown_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await self.app(scope, self._lifespan_receive(receive), send)
+            else:
+                await self.app(scope, receive, send)
             return
         method = scope["method"]
+        if self._purge_endpoint is not None and (
+            method == "PURGE" or scope["path"] == self.config.purge_path
+        ):
+            await self._purge_endpoint(scope, receive, send)
+            return
         if method != "GET" and method != "HEAD":
             if method in UNSAFE_METHODS and self.config.invalidate_on_unsafe:
-                await _Invalidate(self, scope).run(receive, send)
+                await Invalidate(self, scope).run(receive, send)
             else:
                 await self.app(scope, receive, send)
             return
@@ -136,28 +181,24 @@ class CacheMiddleware:
         if config.exclude_matchers and config.is_excluded(path):
             await self.app(scope, receive, send)
             return
-        request = _Request(scope, config.bypass_header_bytes)
-        name = config.cache_name
+        request = Request(scope, config.bypass_header_bytes)
         ruled, rule_ttl = config.rule_for(path) if config.rule_matchers else (False, None)
         if ruled and rule_ttl is None:
             # A rule says never cache this path.
-            await _Forward(self, request, fwd="bypass", detail="rule", store=False).run(
+            await Forward(self, request, fwd="bypass", detail="rule", store=False).run(
                 scope, receive, send
             )
             return
         default_ttl = rule_ttl if ruled else config.default_ttl
         cache = self.cache
         stats = cache.stats
-        request.uhash = uhash = cache.url_hash(
-            scope.get("scheme", "http"),
-            request.host,
-            path,
-            scope.get("query_string", b""),
+        request.uhash = cache.url_hash(
+            request.scheme, request.host, path, scope.get("query_string", b"")
         )
         if request.bypass_value is not None and self._bypass_allowed(request.bypass_value):
             # Skip the lookup; the response refreshes the entry.
             stats.bypass += 1
-            await _Forward(self, request, fwd="bypass", default_ttl=default_ttl).run(
+            await Forward(self, request, fwd="bypass", default_ttl=default_ttl).run(
                 scope, receive, send
             )
             return
@@ -169,55 +210,53 @@ class CacheMiddleware:
         if directives.no_store or directives.no_cache:
             # The client asked us not to answer from the cache.
             stats.bypass += 1
-            await _Forward(
-                self,
-                request,
-                fwd="request",
-                store=not directives.no_store,
-                default_ttl=default_ttl,
+            await Forward(
+                self, request, fwd="request", store=not directives.no_store, default_ttl=default_ttl
             ).run(scope, receive, send)
             return
-        found: Lookup | None = None
         request.started = time.perf_counter()
-        try:
-            async with _timeout(config.timeout):
-                found = await cache.lookup(uhash, request.values_for, self._vary_guess)
-        except Exception as exc:
-            stats.redis_error += 1
-            _warn("lookup", "redis-cache lookup failed, serving from the app", exc)
+        found = await self._lookup(request)
         if found is None:
-            await _Forward(self, request, fwd="miss", detail="redis-error", store=False).run(
+            await Forward(self, request, fwd="miss", detail="redis-error", store=False).run(
                 scope, receive, send
             )
             return
         request.found = found
         fwd = "uri-miss" if found.state in ("uri-miss", "corrupt") else found.state
         entry = found.entry
+        stale: CachedEntry | None = None
         if entry is not None:
-            now = time.time()
-            age = entry.age(now)
-            usable = policy.check_usable(entry.fresh_for, age, directives)
+            age = entry.age(time.time())
+            usable = policy.check_usable(
+                entry.fresh_for, age, directives, entry.stale_while_revalidate
+            )
             if usable.usable and request.has_authorization and not entry.shared_with_auth:
                 usable = policy.Usability(usable=False, reason="authorization")
             if usable.usable:
-                stats.hit += 1
-                await _replay(entry, age, method, name, send)
+                if usable.stale:
+                    # stale-while-revalidate: answer now, refresh behind the response.
+                    stats.stale += 1
+                    self._refresh_later(scope, request, entry, default_ttl)
+                    status = hit_status(config.cache_name, entry, age, "; fwd=stale")
+                else:
+                    stats.hit += 1
+                    status = hit_status(config.cache_name, entry, age)
+                await replay(entry, age, request, status, send)
                 stats.hit_seconds += time.perf_counter() - request.started
                 return
-            fwd = "stale" if usable.reason != "authorization" else "miss"
+            if usable.reason == "authorization":
+                fwd = "miss"
+            else:
+                fwd = "stale"
+                stale = entry
         if directives.only_if_cached:
             # RFC 9111 5.2.1.7: nothing usable, and the client will not wait for the origin.
+            refused = f"{config.cache_name}; fwd={fwd}; detail=only-if-cached".encode()
             await send(
                 {
                     "type": "http.response.start",
                     "status": 504,
-                    "headers": [
-                        (b"content-length", b"0"),
-                        (
-                            b"cache-status",
-                            f"{name}; fwd={fwd}; detail=only-if-cached".encode(),
-                        ),
-                    ],
+                    "headers": [(b"content-length", b"0"), (b"cache-status", refused)],
                 }
             )
             await send({"type": "http.response.body", "body": b""})
@@ -226,7 +265,7 @@ class CacheMiddleware:
             stats.stale += 1
         else:
             stats.miss += 1
-        await _Forward(self, request, fwd=fwd, default_ttl=default_ttl).run(scope, receive, send)
+        await self._miss(scope, receive, send, request, fwd, default_ttl, stale)
 
     def _bypass_allowed(self, value: bytes) -> bool:
         token = self.config.bypass_token
@@ -234,346 +273,231 @@ class CacheMiddleware:
             return True
         return hmac.compare_digest(value.strip(), token.encode())
 
+    async def _lookup(self, request: Request) -> Lookup | None:
+        """Look the request up, bounded by the timeout; None when Redis failed.
 
-class _Request:
-    """What the middleware needs from the request headers, read in one pass."""
-
-    __slots__ = (
-        "bypass_value",
-        "cache_control",
-        "found",
-        "has_authorization",
-        "headers",
-        "host",
-        "method",
-        "path",
-        "pragma",
-        "scheme",
-        "started",
-        "uhash",
-    )
-
-    def __init__(self, scope: Scope, bypass_header: bytes | None) -> None:
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
-        self.scheme: str = scope.get("scheme", "http")
-        self.started = 0.0
-        self.headers: RawHeaders = scope["headers"]
-        self.host = b""
-        self.cache_control: list[bytes] = []
-        self.pragma: list[bytes] = []
-        self.has_authorization = False
-        self.bypass_value: bytes | None = None
-        self.uhash: str | None = None
-        self.found: Lookup | None = None
-        for key, value in self.headers:
-            if key == b"host":
-                self.host = value
-            elif key == b"cache-control":
-                self.cache_control.append(value)
-            elif key == b"pragma":
-                self.pragma.append(value)
-            elif key == b"authorization":
-                self.has_authorization = True
-            elif key == bypass_header:
-                self.bypass_value = value
-
-    @property
-    def host_key(self) -> bytes:
-        """Return the host as keys use it: lowercase, without the scheme's default port."""
-        return normalise_host(self.host, self.scheme)
-
-    def values_for(self, names: tuple[str, ...]) -> list[bytes | None]:
-        """Return the request's value of each named header: repeats joined, None if absent."""
-        wanted = {n.encode("latin-1"): i for i, n in enumerate(names)}
-        found: list[list[bytes] | None] = [None] * len(names)
-        for key, value in self.headers:
-            index = wanted.get(key.lower())
-            if index is not None:
-                bucket = found[index]
-                if bucket is None:
-                    found[index] = [value.strip()]
-                else:
-                    bucket.append(value.strip())
-        return [None if v is None else b", ".join(v) for v in found]
-
-
-async def _replay(entry: CachedEntry, age: float, method: str, name: str, send: Send) -> None:
-    """Send a stored response: its headers as stored, plus ``Age`` and ``Cache-Status``."""
-    age_seconds = int(age)
-    ttl = int(entry.fresh_for) - age_seconds
-    headers = list(entry.headers)
-    headers.append((b"age", str(age_seconds).encode()))
-    headers.append((b"cache-status", f"{name}; hit; ttl={ttl}".encode()))
-    await send({"type": "http.response.start", "status": entry.status, "headers": headers})
-    body = b"" if method == "HEAD" else entry.body
-    await send({"type": "http.response.body", "body": body})
-
-
-class _Forward:
-    """Send one request to the app, pass its response through, and store a copy if allowed.
-
-    The client gets each chunk as soon as the app sends it. ``http.response.start`` is held
-    until the first body message, so that a response sent whole (the common case) can say
-    truthfully in ``Cache-Status`` whether it was stored.
-    """
-
-    def __init__(
-        self,
-        middleware: CacheMiddleware,
-        request: _Request,
-        *,
-        fwd: str,
-        detail: str | None = None,
-        store: bool = True,
-        default_ttl: float | None = None,
-    ) -> None:
-        self.middleware = middleware
-        self.request = request
-        self.fwd = fwd
-        self.detail = detail
-        self.store = store and request.method == "GET"
-        if store and request.method == "HEAD" and detail is None:
-            self.detail = "head"
-        self.default_ttl = default_ttl
-        self.decision: policy.StoreDecision | None = None
-        self.start: Message | None = None
-        self.status = 0
-        self.headers: RawHeaders = []
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.capturing = False
-        self.complete = False
-        self.stored_at = 0.0
-        self.tags: tuple[str, ...] = ()
-
-    async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.send = send
-        await self.middleware.app(scope, receive, self.send_wrapper)
-        if self.capturing and self.complete:
-            await self._store()
-
-    def _cache_status(self, stored: bool, detail: str | None) -> bytes:
-        value = f"{self.middleware.config.cache_name}; fwd={self.fwd}; fwd-status={self.status}"
-        if stored:
-            value += "; stored"
-        elif detail:
-            value += f"; detail={detail}"
-        return value.encode()
-
-    async def send_wrapper(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            await self._on_start(message)
-        elif kind == "http.response.body":
-            await self._on_body(message)
-        else:
-            # Trailers, pathsend or anything else we cannot copy: pass it on, store nothing.
-            self.capturing = False
-            self.chunks = []
-            if self.start is not None:
-                await self._release(stored=False, detail="uncapturable")
-            await self.send(message)
-
-    async def _on_start(self, message: Message) -> None:
-        self.status = int(message["status"])
-        self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
-        config = self.middleware.config
-        self.tags = tuple(dict.fromkeys(_tags(self.headers) + config.tags_for(self.request.path)))
-        if not config.keep_tag_header and any(k in TAG_HEADERS for k, _ in self.headers):
-            # The tag headers are for the cache: the client does not see them.
-            self.headers = [(k, v) for k, v in self.headers if k not in TAG_HEADERS]
-            message["headers"] = list(self.headers)
-        if not self.store:
-            self._add_status(message, stored=False, detail=self.detail)
-            await self.send(message)
-            return
-        self.stored_at = time.time()
-        decision = policy.decide_store(
-            self.status,
-            self.headers,
-            now=self.stored_at,
-            default_ttl=self.default_ttl,
-            cacheable_statuses=config.statuses,
-            cache_set_cookie=config.cache_set_cookie,
-            request_has_authorization=self.request.has_authorization,
-        )
-        self.decision = decision
-        if decision.store and message.get("trailers"):
-            decision = policy.refuse("trailers")
-        if decision.store and _declared_length(self.headers) > config.max_body_size:
-            decision = policy.refuse("too-large")
-        if not decision.store:
-            stats = self.middleware.cache.stats
-            stats.not_stored[decision.reason] += 1
-            logger.debug("not stored (%s): %s", decision.reason, self.request.uhash)
-            self._add_status(message, stored=False, detail=decision.reason)
-            await self.send(message)
-            return
-        self.capturing = True
-        self.start = message
-
-    def _add_status(self, message: Message, *, stored: bool, detail: str | None) -> None:
-        headers = list(message.get("headers", []))
-        headers.append((b"cache-status", self._cache_status(stored, detail)))
-        message["headers"] = headers
-
-    async def _release(self, *, stored: bool, detail: str | None) -> None:
-        start, self.start = self.start, None
-        assert start is not None
-        self._add_status(start, stored=stored, detail=detail)
-        await self.send(start)
-
-    async def _on_body(self, message: Message) -> None:
-        if self.capturing:
-            body: bytes = message.get("body", b"")
-            more = bool(message.get("more_body", False))
-            self.size += len(body)
-            if self.size > self.middleware.config.max_body_size:
-                # Too large to keep: stop copying, forget what was kept.
-                self.capturing = False
-                self.chunks = []
-                self.middleware.cache.stats.not_stored["too-large"] += 1
-                if self.start is not None:
-                    await self._release(stored=False, detail="too-large")
-            else:
-                self.chunks.append(body)
-                if not more:
-                    self.complete = True
-                if self.start is not None:
-                    # Sent whole: we know now that it will be stored. Streamed: we cannot
-                    # know yet, so Cache-Status makes no claim.
-                    await self._release(stored=self.complete, detail=None)
-        await self.send(message)
-
-    async def _store(self) -> None:
-        decision = self.decision
-        request = self.request
-        if decision is None or request.uhash is None:
-            return
-        middleware = self.middleware
-        cache = middleware.cache
-        body = b"".join(self.chunks)
-        self.chunks = []
-        headers = [(k, v) for k, v in self.headers if k not in HOP_BY_HOP]
-        if self.status not in _NO_BODY_STATUSES and not any(
-            k == b"content-length" for k, _ in headers
-        ):
-            headers.append((b"content-length", str(len(body)).encode()))
-        names = tuple(sorted(set(decision.vary) | set(middleware.config.vary_on_names)))
-        values = request.values_for(names) if names else None
-        entry = CachedEntry(
-            status=self.status,
-            headers=headers,
-            body=body,
-            stored_at=self.stored_at,
-            fresh_for=decision.fresh_for,
-            stale_for=decision.stale_for,
-            initial_age=decision.initial_age,
-            shared_with_auth=decision.shared_with_auth,
-            tags=self.tags,
-            request_vary=tuple(zip(names, values or (), strict=True)),
-        )
-        found = request.found
+        Concurrent lookups of one key in this process share one Redis call (a burst for a
+        hot URL costs one round trip, not one per request); a shared result is used only
+        where it cannot depend on this request's own headers.
+        """
+        cache = self.cache
+        guess = cache.remembered_vary(request.uhash) or self._vary_guess
+        key = request.uhash
+        if guess:
+            key += ":" + variant_hash(guess, request.values_for(guess))
+        pending = self._lookups.get(key)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            if shared is None or not shared.names or shared.names == guess:
+                return shared
+        future: asyncio.Future[Lookup | None] = asyncio.get_running_loop().create_future()
+        self._lookups[key] = future
+        found: Lookup | None = None
         try:
-            async with _timeout(middleware.config.timeout):
-                await cache.store(
-                    request.uhash,
-                    entry,
-                    ttl=decision.ttl,
-                    names=names,
-                    values=values,
-                    generation=found.generation if found is not None else None,
-                    found_names=found.names if found is not None else None,
-                    host=request.host_key,
-                    path=request.path,
+            async with bounded(self.config.timeout):
+                found = await cache.lookup(request.uhash, request.values_for, guess)
+        except Exception as exc:
+            cache.stats.redis_error += 1
+            warn("lookup", "redis-cache lookup failed, serving from the app", exc)
+        finally:
+            del self._lookups[key]
+            future.set_result(found)
+        return found
+
+    def _forward(
+        self,
+        request: Request,
+        fwd: str,
+        default_ttl: float | None,
+        stale: CachedEntry | None,
+        fill: FillLock | None = None,
+        extra: str = "",
+    ) -> Forward:
+        fallback = revalidate = None
+        if stale is not None:
+            age = stale.age(time.time())
+            if policy.can_serve_stale_on_error(stale.fresh_for, age, stale.stale_if_error):
+                fallback = stale
+            if has_validators(stale) and not request.is_conditional:
+                revalidate = stale
+        return Forward(
+            self,
+            request,
+            fwd=fwd,
+            default_ttl=default_ttl,
+            fallback=fallback,
+            revalidate=revalidate,
+            fill=fill,
+            extra=extra,
+        )
+
+    # -- misses and coalescing --------------------------------------------------------------
+
+    def _fill_variant(self, request: Request) -> str:
+        """Return which variant a fill is for: "" for a URL whose Vary is not known yet."""
+        found = request.found
+        names = found.names if found is not None else None
+        if not names:
+            return ""
+        return variant_hash(names, request.values_for(names))
+
+    async def _miss(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: Request,
+        fwd: str,
+        default_ttl: float | None,
+        stale: CachedEntry | None,
+    ) -> None:
+        config = self.config
+        if not config.coalesce or request.method != "GET":
+            await self._forward(request, fwd, default_ttl, stale).run(scope, receive, send)
+            return
+        variant = self._fill_variant(request)
+        key = f"{request.uhash}:{variant}"
+        deadline = time.monotonic() + config.coalesce_timeout
+        while (inflight := self._inflight.get(key)) is not None:
+            # Another request of this process is filling: wait for it, then look again.
+            outcome = "timeout"
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                try:
+                    async with bounded(remaining):
+                        outcome = await asyncio.shield(inflight)
+                except TimeoutError:
+                    pass
+            if outcome == "stored" and await self._serve_filled(request, send, fwd):
+                return
+            if outcome != "error":
+                # Not storable, timed out, or not our variant: no more waiting.
+                await self._forward(request, fwd, default_ttl, stale).run(scope, receive, send)
+                return
+            # The fill failed: try to become the next filler.
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        outcome = "error"
+        try:
+            outcome = await self._fill_or_wait(
+                scope, receive, send, request, fwd, default_ttl, stale, variant, deadline
+            )
+        finally:
+            del self._inflight[key]
+            future.set_result(outcome)
+
+    async def _fill_or_wait(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: Request,
+        fwd: str,
+        default_ttl: float | None,
+        stale: CachedEntry | None,
+        variant: str,
+        deadline: float,
+    ) -> str:
+        """Fill the entry under the Redis lock, or wait for the process that holds it.
+
+        Return the outcome for this process's waiters: ``stored``, ``refused`` (not
+        storable), ``error`` (the app failed) or ``timeout``.
+        """
+        fill = FillLock(variant=variant, token=secrets.token_hex(8))
+        delay = POLL_FIRST
+        while True:
+            state = await self._acquire(request, fill)
+            if state is None or state in (ACQUIRED, PASS):
+                # The filler; or Redis failed, or the URL is known not to be storable
+                # (hit-for-pass): no queueing either way.
+                owned = fill if state == ACQUIRED else None
+                forward = self._forward(request, fwd, default_ttl, stale, fill=owned)
+                await forward.run(scope, receive, send)
+                return forward.outcome
+            # Held by another process: wait for its entry, or for the lock to free up.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                forward = self._forward(request, fwd, default_ttl, stale)
+                await forward.run(scope, receive, send)
+                return "timeout"
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, POLL_CAP)
+            if await self._serve_filled(request, send, fwd):
+                return "stored"
+
+    async def _acquire(self, request: Request, fill: FillLock) -> int | None:
+        found = request.found
+        generation = found.generation if found is not None else self.cache.generation
+        try:
+            async with bounded(self.config.timeout):
+                return await self.cache.acquire_fill(
+                    request.uhash, fill, self.config.coalesce_timeout, generation
                 )
         except Exception as exc:
-            cache.stats.redis_error += 1
-            _warn("store", "redis-cache store failed, response not cached", exc)
-            return
-        cache.stats.stored += 1
-
-
-def _tags(headers: RawHeaders) -> tuple[str, ...]:
-    """Return the tags named by the response's Surrogate-Key and Cache-Tag headers."""
-    tags: list[str] = []
-    for name, value in headers:
-        if name in TAG_HEADERS:
-            text = value.decode("latin-1")
-            parts = text.split(TAG_HEADERS[name]) if TAG_HEADERS[name] else text.split()
-            tags += [t.strip() for t in parts if t.strip() and len(t.strip()) <= MAX_TAG_LENGTH]
-    unique = tuple(dict.fromkeys(tags))
-    if len(unique) > MAX_TAGS:
-        logger.debug("only the first %d of %d tags are kept", MAX_TAGS, len(unique))
-    return unique[:MAX_TAGS]
-
-
-class _Invalidate:
-    """Run an unsafe request; if it succeeds (2xx, 3xx), purge the cached GET of its URL and
-    of ``Location`` / ``Content-Location`` on the same host, before the client hears back,
-    so that the client's next read sees the change (RFC 9111 4.4)."""
-
-    def __init__(self, middleware: CacheMiddleware, scope: Scope) -> None:
-        self.middleware = middleware
-        self.scope = scope
-
-    async def run(self, receive: Receive, send: Send) -> None:
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start" and 200 <= message["status"] < 400:
-                await self._purge(message.get("headers", []))
-            await send(message)
-
-        await self.middleware.app(self.scope, receive, send_wrapper)
-
-    async def _purge(self, response_headers: RawHeaders) -> None:
-        scope = self.scope
-        cache = self.middleware.cache
-        scheme = scope.get("scheme", "http")
-        host = b""
-        for key, value in scope["headers"]:
-            if key == b"host":
-                host = value
-        uhashes = [cache.url_hash(scheme, host, scope["path"], scope.get("query_string", b""))]
-        for key, value in response_headers:
-            if bytes(key).lower() in (b"location", b"content-location"):
-                target = _same_host_target(bytes(value), scheme, host)
-                if target is not None:
-                    uhashes.append(cache.url_hash(scheme, host, target[0], target[1]))
-        try:
-            async with _timeout(self.middleware.config.timeout):
-                removed = await cache.purge_hashes(uhashes)
-        except Exception as exc:
-            cache.stats.redis_error += 1
-            _warn("invalidate", "redis-cache invalidation failed", exc)
-            return
-        cache.stats.invalidated += removed
-
-
-def _same_host_target(value: bytes, scheme: str, host: bytes) -> tuple[str, bytes] | None:
-    """Return ``(path, query)`` of a Location-like value on the request's host, else None."""
-    try:
-        text = value.decode("latin-1").strip()
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
-        return None
-    parts = urlsplit(text)
-    if parts.scheme or parts.netloc:
-        if parts.scheme not in ("", scheme):
+            self.cache.stats.redis_error += 1
+            warn("lock", "redis-cache fill lock failed, serving from the app", exc)
             return None
-        if normalise_host(parts.netloc.encode("latin-1"), scheme) != normalise_host(host, scheme):
-            return None
-    if not parts.path.startswith("/"):
-        if parts.path:
-            return None  # relative references other than absolute paths are not resolved
-        return None
-    return unquote(parts.path), parts.query.encode("latin-1")
+
+    async def _serve_filled(self, request: Request, send: Send, fwd: str) -> bool:
+        """Serve the entry another request just filled, if it is there and usable."""
+        found = await self._lookup(request)
+        if found is None or found.entry is None:
+            return False
+        entry = found.entry
+        age = entry.age(time.time())
+        if age >= entry.fresh_for or (request.has_authorization and not entry.shared_with_auth):
+            return False
+        name = self.config.cache_name
+        ttl = int(entry.fresh_for) - int(age)
+        status = f"{name}; fwd={fwd}; fwd-status={entry.status}; collapsed; ttl={ttl}"
+        self.cache.stats.collapsed += 1
+        await replay(entry, age, request, status, send)
+        return True
+
+    # -- background refresh (stale-while-revalidate) ---------------------------------------
+
+    def _refresh_later(
+        self, scope: Scope, request: Request, entry: CachedEntry, default_ttl: float | None
+    ) -> None:
+        background_scope: Scope = {**scope, "method": "GET", "headers": list(scope["headers"])}
+        refresh = Request(background_scope, None)
+        refresh.uhash = request.uhash
+        refresh.found = request.found
+        started = self.background.spawn(
+            self._refresh(background_scope, refresh, entry, default_ttl)
+        )
+        if not started:
+            self.cache.stats.not_stored["refresh-limit"] += 1
+
+    async def _refresh(
+        self, scope: Scope, request: Request, entry: CachedEntry, default_ttl: float | None
+    ) -> None:
+        """Refresh a stale entry once across every process: only the fill lock's owner runs
+        the app; a failure leaves the stale entry in place."""
+        fill = FillLock(variant=self._fill_variant(request), token=secrets.token_hex(8))
+        if await self._acquire(request, fill) != ACQUIRED:
+            return
+        revalidate = entry if has_validators(entry) else None
+        forward = Forward(
+            self,
+            request,
+            fwd="stale",
+            default_ttl=default_ttl,
+            revalidate=revalidate,
+            fill=fill,
+        )
+        await forward.run(scope, empty_receive(), _discard)
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                # Let refreshes in flight finish (or cancel them) before the app shuts down.
+                await self.background.drain(self.config.shutdown_timeout)
+            return message
+
+        return wrapped
 
 
-def _declared_length(headers: RawHeaders) -> int:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return 0
-    return 0
+async def _discard(message: Message) -> None:
+    """A ``send`` for background refreshes: the response goes only to the cache."""

@@ -265,6 +265,7 @@ def decide_store(
     request_has_authorization: bool = False,
     stale_while_revalidate: float = 0.0,
     stale_if_error: float = 0.0,
+    keep_for_revalidation: float = 0.0,
 ) -> StoreDecision:
     """Return whether a response to a GET may be stored in a shared cache, and for how long.
 
@@ -275,7 +276,7 @@ def decide_store(
     expires: bytes | None = None
     date: bytes | None = None
     age: bytes | None = None
-    has_set_cookie = has_content_range = False
+    has_set_cookie = has_content_range = has_validator = False
     for name, value in headers:
         if name == b"cache-control":
             cc_values.append(value)
@@ -291,6 +292,8 @@ def decide_store(
             has_set_cookie = True
         elif name == b"content-range":
             has_content_range = True
+        elif name == b"etag" or name == b"last-modified":
+            has_validator = True
 
     # Only the statuses configured as cacheable (by default RFC 9110's heuristic set).
     if status not in cacheable_statuses:
@@ -330,6 +333,9 @@ def decide_store(
         swr_window = float(swr if swr is not None else stale_while_revalidate)
         sie_window = float(sie if sie is not None else stale_if_error)
     stale_for = max(swr_window, sie_window)
+    if has_validator:
+        # Kept past freshness so that a 304 can refresh it without its body.
+        stale_for = max(stale_for, float(keep_for_revalidation))
     initial_age = _parse_age(age)
     if cc.no_cache:
         # Stored, but never served without revalidation: kept for its stated lifetime.
@@ -340,7 +346,7 @@ def decide_store(
             store=True,
             reason="no-cache",
             fresh_for=0.0,
-            stale_for=keep,
+            stale_for=max(keep, float(keep_for_revalidation) if has_validator else 0.0),
             vary=vary,
             shared_with_auth=shared_with_auth,
             initial_age=initial_age,

@@ -25,6 +25,8 @@ class CacheStats:
     not_stored: Counter[str] = field(default_factory=Counter)
     redis_error: int = 0
     purged: int = 0
+    #: Misses answered by another request's fill (request coalescing).
+    collapsed: int = 0
     invalidated: int = 0
     #: Seconds spent answering hits (lookup to last byte handed to the server), and how many.
     hit_seconds: float = 0.0
@@ -40,6 +42,7 @@ class CacheStats:
             "not_stored": dict(self.not_stored),
             "redis_error": self.redis_error,
             "purged": self.purged,
+            "collapsed": self.collapsed,
             "invalidated": self.invalidated,
             "hit_seconds": self.hit_seconds,
         }

@@ -1,0 +1,625 @@
+"""The per-request pieces of the middleware: reading the request, replaying an entry, and
+forwarding to the app while a copy of the response is captured and stored.
+
+Nothing here lives longer than one request, except what ``CacheMiddleware`` hands in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from . import policy
+from ._types import Message, RawHeaders, Receive, Scope, Send
+from .cache import FillLock, Lookup
+from .config import MAX_TAG_LENGTH, MAX_TAGS
+from .entry import CachedEntry
+from .keys import normalise_host
+from .stats import RateLimitedWarning, logger
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as bounded
+else:  # pragma: no cover - Python 3.10
+    from async_timeout import timeout as bounded
+
+if TYPE_CHECKING:
+    from .middleware import CacheMiddleware
+
+#: Headers that describe one connection, not the response: never stored.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"age",
+    }
+)
+
+NO_BODY_STATUSES = frozenset({204, 304})
+
+#: Response headers that carry surrogate keys (tags): name -> separator (None: whitespace).
+TAG_HEADERS: dict[bytes, str | None] = {b"surrogate-key": None, b"cache-tag": ","}
+
+warn = RateLimitedWarning()
+
+
+class Request:
+    """What the middleware needs from the request headers, read in one pass."""
+
+    __slots__ = (
+        "bypass_value",
+        "cache_control",
+        "found",
+        "has_authorization",
+        "headers",
+        "host",
+        "if_modified_since",
+        "if_none_match",
+        "method",
+        "path",
+        "pragma",
+        "scheme",
+        "started",
+        "uhash",
+    )
+
+    def __init__(self, scope: Scope, bypass_header: bytes | None) -> None:
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.scheme: str = scope.get("scheme", "http")
+        self.headers: RawHeaders = scope["headers"]
+        self.started = 0.0
+        self.host = b""
+        self.cache_control: list[bytes] = []
+        self.pragma: list[bytes] = []
+        self.if_none_match: list[bytes] = []
+        self.if_modified_since: bytes | None = None
+        self.has_authorization = False
+        self.bypass_value: bytes | None = None
+        self.uhash: str = ""
+        self.found: Lookup | None = None
+        for key, value in self.headers:
+            if key == b"host":
+                self.host = value
+            elif key == b"cache-control":
+                self.cache_control.append(value)
+            elif key == b"pragma":
+                self.pragma.append(value)
+            elif key == b"authorization":
+                self.has_authorization = True
+            elif key == b"if-none-match":
+                self.if_none_match.append(value)
+            elif key == b"if-modified-since":
+                self.if_modified_since = value
+            elif key == bypass_header:
+                self.bypass_value = value
+
+    @property
+    def host_key(self) -> bytes:
+        """Return the host as keys use it: lowercase, without the scheme's default port."""
+        return normalise_host(self.host, self.scheme)
+
+    @property
+    def is_conditional(self) -> bool:
+        """Return whether the client sent a validator of its own."""
+        return bool(self.if_none_match) or self.if_modified_since is not None
+
+    def values_for(self, names: tuple[str, ...]) -> list[bytes | None]:
+        """Return the request's value of each named header: repeats joined, None if absent."""
+        wanted = {n.encode("latin-1"): i for i, n in enumerate(names)}
+        found: list[list[bytes] | None] = [None] * len(names)
+        for key, value in self.headers:
+            index = wanted.get(key.lower())
+            if index is not None:
+                bucket = found[index]
+                if bucket is None:
+                    found[index] = [value.strip()]
+                else:
+                    bucket.append(value.strip())
+        return [None if v is None else b", ".join(v) for v in found]
+
+
+async def replay(
+    entry: CachedEntry,
+    age: float,
+    request: Request,
+    cache_status: str,
+    send: Send,
+) -> None:
+    """Send a stored response: its headers as stored, plus ``Age`` and ``Cache-Status``.
+
+    A client whose ``If-None-Match`` / ``If-Modified-Since`` matches gets a 304 with the
+    headers RFC 9110 15.4.5 asks for.
+    """
+    age_seconds = int(age)
+    if request.is_conditional and policy.is_not_modified(
+        request.if_none_match, request.if_modified_since, entry.headers, entry.stored_at
+    ):
+        status = 304
+        headers = policy.get_not_modified_headers(entry.headers)
+        body = b""
+    else:
+        status = entry.status
+        headers = list(entry.headers)
+        body = b"" if request.method == "HEAD" else entry.body
+    headers.append((b"age", str(age_seconds).encode()))
+    headers.append((b"cache-status", cache_status.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def hit_status(name: str, entry: CachedEntry, age: float, extra: str = "") -> str:
+    """Return the ``Cache-Status`` of a response served from the cache."""
+    return f"{name}; hit; ttl={int(entry.fresh_for) - int(age)}{extra}"
+
+
+class Forward:
+    """Send one request to the app, pass its response through, and store a copy if allowed.
+
+    The client gets each chunk as soon as the app sends it. ``http.response.start`` is held
+    until the first body message, so that a response sent whole (the common case) can say
+    truthfully in ``Cache-Status`` whether it was stored.
+
+    ``fallback`` is a stale entry that may stand in for an error (stale-if-error);
+    ``revalidate`` a stale entry whose validators are sent to the app, so that a 304 refreshes
+    it without its body; ``fill`` the fill lock this request owns, released at the end.
+    """
+
+    def __init__(
+        self,
+        middleware: CacheMiddleware,
+        request: Request,
+        *,
+        fwd: str,
+        detail: str | None = None,
+        store: bool = True,
+        default_ttl: float | None = None,
+        fallback: CachedEntry | None = None,
+        revalidate: CachedEntry | None = None,
+        fill: FillLock | None = None,
+        extra: str = "",
+    ) -> None:
+        self.middleware = middleware
+        self.request = request
+        self.fwd = fwd
+        self.detail = detail
+        self.extra = extra
+        self.store = store and request.method == "GET"
+        if store and request.method == "HEAD" and detail is None:
+            self.detail = "head"
+        self.default_ttl = default_ttl
+        self.fallback = fallback
+        self.revalidate = revalidate if self.store else None
+        self.fill = fill
+        self.decision: policy.StoreDecision | None = None
+        self.start: Message | None = None
+        self.started_client = False
+        self.swallow = False
+        self.not_modified = False
+        self.status = 0
+        self.headers: RawHeaders = []
+        self.tags: tuple[str, ...] = ()
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.capturing = False
+        self.complete = False
+        self.stored_at = 0.0
+        self.send: Send = _nowhere
+        #: How it ended, for requests waiting on this fill: ``stored``, ``refused`` (not
+        #: storable), ``error`` (the app raised) or ``other``.
+        self.outcome = "error"
+
+    async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app for this request and deliver (and maybe store) its response."""
+        self.send = send
+        if self.revalidate is not None:
+            scope = _with_validators(scope, self.revalidate)
+        stored = False
+        try:
+            try:
+                await self.middleware.app(scope, receive, self.send_wrapper)
+            except Exception:
+                if self.fallback is None or self.started_client:
+                    raise
+                await self._serve_fallback("error")
+                return
+            if self.swallow:
+                await self._serve_fallback(str(self.status))
+            elif self.not_modified:
+                await self._serve_revalidated()
+                stored = True
+            elif self.capturing and self.complete:
+                stored = await self._store()
+            decision = self.decision
+            if stored:
+                self.outcome = "stored"
+            elif decision is not None and not decision.store:
+                self.outcome = "refused"
+            else:
+                self.outcome = "other"
+        finally:
+            if self.fill is not None and not stored:
+                decision = self.decision
+                await self._release(refused=decision is not None and not decision.store)
+
+    def _cache_status(self, stored: bool, detail: str | None) -> bytes:
+        name = self.middleware.config.cache_name
+        value = f"{name}; fwd={self.fwd}; fwd-status={self.status}{self.extra}"
+        if stored:
+            value += "; stored"
+        elif detail:
+            value += f"; detail={detail}"
+        return value.encode()
+
+    async def send_wrapper(self, message: Message) -> None:
+        kind = message["type"]
+        if self.swallow or self.not_modified:
+            return  # the app's answer is replaced by the cache's
+        if kind == "http.response.start":
+            await self._on_start(message)
+        elif kind == "http.response.body":
+            await self._on_body(message)
+        else:
+            # Trailers, pathsend or anything else we cannot copy: pass it on, store nothing.
+            self.capturing = False
+            self.chunks = []
+            if self.start is not None:
+                await self._release_start(stored=False, detail="uncapturable")
+            await self._send(message)
+
+    async def _send(self, message: Message) -> None:
+        self.started_client = True
+        await self.send(message)
+
+    async def _on_start(self, message: Message) -> None:
+        self.status = int(message["status"])
+        self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
+        config = self.middleware.config
+        self.tags = tuple(dict.fromkeys(_tags(self.headers) + config.tags_for(self.request.path)))
+        if not config.keep_tag_header and any(k in TAG_HEADERS for k, _ in self.headers):
+            # The tag headers are for the cache: the client does not see them.
+            self.headers = [(k, v) for k, v in self.headers if k not in TAG_HEADERS]
+            message["headers"] = list(self.headers)
+        if self.fallback is not None and self.status in policy.ERROR_STATUSES:
+            # stale-if-error: the stale entry answers instead of this error.
+            self.swallow = True
+            return
+        if self.revalidate is not None and self.status == 304:
+            self.not_modified = True
+            return
+        if not self.store:
+            self._add_status(message, stored=False, detail=self.detail)
+            await self._send(message)
+            return
+        self.stored_at = time.time()
+        decision = policy.decide_store(
+            self.status,
+            self.headers,
+            now=self.stored_at,
+            default_ttl=self.default_ttl,
+            cacheable_statuses=config.statuses,
+            cache_set_cookie=config.cache_set_cookie,
+            request_has_authorization=self.request.has_authorization,
+            stale_while_revalidate=config.stale_while_revalidate,
+            stale_if_error=config.stale_if_error,
+            keep_for_revalidation=config.keep_for_revalidation,
+        )
+        if decision.store and message.get("trailers"):
+            decision = policy.refuse("trailers")
+        if decision.store and _declared_length(self.headers) > config.max_body_size:
+            decision = policy.refuse("too-large")
+        self.decision = decision
+        if not decision.store:
+            self.middleware.cache.stats.not_stored[decision.reason] += 1
+            logger.debug("not stored (%s): %s", decision.reason, self.request.uhash)
+            self._add_status(message, stored=False, detail=decision.reason)
+            await self._send(message)
+            return
+        self.capturing = True
+        self.start = message
+
+    def _add_status(self, message: Message, *, stored: bool, detail: str | None) -> None:
+        headers = list(message.get("headers", []))
+        headers.append((b"cache-status", self._cache_status(stored, detail)))
+        message["headers"] = headers
+
+    async def _release_start(self, *, stored: bool, detail: str | None) -> None:
+        start, self.start = self.start, None
+        assert start is not None
+        self._add_status(start, stored=stored, detail=detail)
+        await self._send(start)
+
+    async def _on_body(self, message: Message) -> None:
+        if self.capturing:
+            body: bytes = message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            self.size += len(body)
+            if self.size > self.middleware.config.max_body_size:
+                # Too large to keep: stop copying, forget what was kept.
+                self.capturing = False
+                self.chunks = []
+                self.decision = policy.refuse("too-large")
+                self.middleware.cache.stats.not_stored["too-large"] += 1
+                if self.start is not None:
+                    await self._release_start(stored=False, detail="too-large")
+            else:
+                self.chunks.append(body)
+                if not more:
+                    self.complete = True
+                if self.start is not None:
+                    # Sent whole: we know now that it will be stored. Streamed: we cannot
+                    # know yet, so Cache-Status makes no claim.
+                    await self._release_start(stored=self.complete, detail=None)
+        await self._send(message)
+
+    def _entry(
+        self,
+        decision: policy.StoreDecision,
+        body: bytes,
+        names: tuple[str, ...],
+        values: list[bytes | None] | None,
+    ) -> CachedEntry:
+        config = self.middleware.config
+        headers = [(k, v) for k, v in self.headers if k not in HOP_BY_HOP]
+        if self.status not in NO_BODY_STATUSES and not any(
+            k == b"content-length" for k, _ in headers
+        ):
+            headers.append((b"content-length", str(len(body)).encode()))
+        if config.add_etag and self.status == 200 and not any(k == b"etag" for k, _ in headers):
+            headers.append(
+                (b"etag", b'"' + hashlib.blake2b(body, digest_size=16).hexdigest().encode() + b'"')
+            )
+        return CachedEntry(
+            status=self.status,
+            headers=headers,
+            body=body,
+            stored_at=self.stored_at,
+            fresh_for=decision.fresh_for,
+            stale_for=decision.stale_for,
+            initial_age=decision.initial_age,
+            stale_while_revalidate=decision.stale_while_revalidate,
+            stale_if_error=decision.stale_if_error,
+            shared_with_auth=decision.shared_with_auth,
+            tags=self.tags,
+            request_vary=tuple(zip(names, values or (), strict=True)),
+        )
+
+    async def _store(self) -> bool:
+        decision = self.decision
+        request = self.request
+        if decision is None or not decision.store:
+            return False
+        middleware = self.middleware
+        cache = middleware.cache
+        body = b"".join(self.chunks)
+        self.chunks = []
+        names = tuple(sorted(set(decision.vary) | set(middleware.config.vary_on_names)))
+        values = request.values_for(names) if names else None
+        entry = self._entry(decision, body, names, values)
+        found = request.found
+        try:
+            async with bounded(middleware.config.timeout):
+                await cache.store(
+                    request.uhash,
+                    entry,
+                    ttl=decision.ttl,
+                    names=names,
+                    values=values,
+                    generation=found.generation if found is not None else None,
+                    found_names=found.names if found is not None else None,
+                    host=request.host_key,
+                    path=request.path,
+                    fill=self.fill,
+                )
+        except Exception as exc:
+            cache.stats.redis_error += 1
+            warn("store", "redis-cache store failed, response not cached", exc)
+            return False
+        cache.stats.stored += 1
+        return True
+
+    async def _release(self, *, refused: bool) -> None:
+        fill = self.fill
+        assert fill is not None
+        middleware = self.middleware
+        cache = middleware.cache
+        found = self.request.found
+        generation = found.generation if found is not None else cache.generation
+        pass_for = middleware.config.hit_for_pass_ttl if refused else 0.0
+        try:
+            async with bounded(middleware.config.timeout):
+                await cache.release_fill(self.request.uhash, fill, generation, pass_for=pass_for)
+        except Exception as exc:
+            cache.stats.redis_error += 1
+            warn("release", "redis-cache could not release a fill lock (it will expire)", exc)
+
+    async def _serve_fallback(self, why: str) -> None:
+        entry = self.fallback
+        assert entry is not None
+        self.middleware.cache.stats.stale += 1
+        name = self.middleware.config.cache_name
+        age = entry.age(time.time())
+        status = f"{name}; hit; fwd=stale; fwd-status={why}; detail=stale-if-error"
+        if why == "error":
+            status = f"{name}; hit; fwd=stale; detail=stale-if-error"
+        await replay(entry, age, self.request, status, self.send)
+
+    async def _serve_revalidated(self) -> None:
+        """The app said 304 to our validators: refresh the entry's headers and freshness
+        (not its body) and serve it."""
+        entry = self.revalidate
+        assert entry is not None
+        config = self.middleware.config
+        cache = self.middleware.cache
+        now = time.time()
+        headers = policy.merge_not_modified(entry.headers, self.headers)
+        decision = policy.decide_store(
+            entry.status,
+            headers,
+            now=now,
+            default_ttl=self.default_ttl,
+            cacheable_statuses=config.statuses,
+            cache_set_cookie=config.cache_set_cookie,
+            request_has_authorization=self.request.has_authorization,
+            stale_while_revalidate=config.stale_while_revalidate,
+            stale_if_error=config.stale_if_error,
+            keep_for_revalidation=config.keep_for_revalidation,
+        )
+        refreshed = CachedEntry(
+            status=entry.status,
+            headers=headers,
+            body=entry.body,
+            stored_at=now,
+            fresh_for=decision.fresh_for,
+            stale_for=decision.stale_for,
+            initial_age=decision.initial_age,
+            stale_while_revalidate=decision.stale_while_revalidate,
+            stale_if_error=decision.stale_if_error,
+            shared_with_auth=decision.shared_with_auth,
+            tags=entry.tags,
+            request_vary=entry.request_vary,
+        )
+        stored = False
+        found = self.request.found
+        if decision.store and found is not None and found.key is not None:
+            try:
+                async with bounded(config.timeout):
+                    await cache.refresh(found.key, refreshed, ttl=decision.ttl)
+                stored = True
+                cache.stats.stored += 1
+            except Exception as exc:
+                cache.stats.redis_error += 1
+                warn("store", "redis-cache refresh failed", exc)
+        self.status = 304
+        status = self._cache_status(stored, None if stored else decision.reason).decode()
+        await replay(refreshed, refreshed.age(now), self.request, status, self.send)
+        if self.fill is not None:
+            await self._release(refused=False)
+
+
+async def _nowhere(message: Message) -> None:
+    """A ``send`` for background refreshes: the response goes only to the cache."""
+
+
+def empty_receive() -> Receive:
+    """Return a ``receive`` that gives an empty body, then waits until cancelled."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        import asyncio
+
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}  # pragma: no cover - never reached
+
+    return receive
+
+
+def _with_validators(scope: Scope, entry: CachedEntry) -> Scope:
+    """Return a copy of the scope that asks the app whether the entry is still current."""
+    etag, last_modified = policy.get_validators(entry.headers)
+    headers = [
+        (k, v) for k, v in scope["headers"] if k not in (b"if-none-match", b"if-modified-since")
+    ]
+    if etag is not None:
+        headers.append((b"if-none-match", etag))
+    if last_modified is not None:
+        headers.append((b"if-modified-since", last_modified))
+    return {**scope, "headers": headers}
+
+
+def has_validators(entry: CachedEntry) -> bool:
+    """Return whether the entry can be revalidated (it has an ETag or Last-Modified)."""
+    etag, last_modified = policy.get_validators(entry.headers)
+    return etag is not None or last_modified is not None
+
+
+def _tags(headers: RawHeaders) -> tuple[str, ...]:
+    """Return the tags named by the response's Surrogate-Key and Cache-Tag headers."""
+    tags: list[str] = []
+    for name, value in headers:
+        if name in TAG_HEADERS:
+            text = value.decode("latin-1")
+            separator = TAG_HEADERS[name]
+            parts = text.split(separator) if separator else text.split()
+            tags += [t.strip() for t in parts if t.strip() and len(t.strip()) <= MAX_TAG_LENGTH]
+    unique = tuple(dict.fromkeys(tags))
+    if len(unique) > MAX_TAGS:
+        logger.debug("only the first %d of %d tags are kept", MAX_TAGS, len(unique))
+    return unique[:MAX_TAGS]
+
+
+def _declared_length(headers: RawHeaders) -> int:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+class Invalidate:
+    """Run an unsafe request; if it succeeds (2xx, 3xx), purge the cached GET of its URL and
+    of ``Location`` / ``Content-Location`` on the same host, before the client hears back,
+    so that the client's next read sees the change (RFC 9111 4.4)."""
+
+    def __init__(self, middleware: CacheMiddleware, scope: Scope) -> None:
+        self.middleware = middleware
+        self.scope = scope
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 400:
+                await self._purge(message.get("headers", []))
+            await send(message)
+
+        await self.middleware.app(self.scope, receive, send_wrapper)
+
+    async def _purge(self, response_headers: RawHeaders) -> None:
+        scope = self.scope
+        cache = self.middleware.cache
+        scheme = scope.get("scheme", "http")
+        host = b""
+        for key, value in scope["headers"]:
+            if key == b"host":
+                host = value
+        uhashes = [cache.url_hash(scheme, host, scope["path"], scope.get("query_string", b""))]
+        for key, value in response_headers:
+            if bytes(key).lower() in (b"location", b"content-location"):
+                target = _same_host_target(bytes(value), scheme, host)
+                if target is not None:
+                    uhashes.append(cache.url_hash(scheme, host, target[0], target[1]))
+        try:
+            async with bounded(self.middleware.config.timeout):
+                removed = await cache.purge_hashes(uhashes)
+        except Exception as exc:
+            cache.stats.redis_error += 1
+            warn("invalidate", "redis-cache invalidation failed", exc)
+            return
+        cache.stats.invalidated += removed
+
+
+def _same_host_target(value: bytes, scheme: str, host: bytes) -> tuple[str, bytes] | None:
+    """Return ``(path, query)`` of a Location-like value on the request's host, else None."""
+    parts = urlsplit(value.decode("latin-1").strip())
+    if parts.scheme or parts.netloc:
+        if parts.scheme not in ("", scheme):
+            return None
+        if normalise_host(parts.netloc.encode("latin-1"), scheme) != normalise_host(host, scheme):
+            return None
+    if not parts.path.startswith("/"):
+        return None  # relative references other than absolute paths are not resolved
+    return unquote(parts.path), parts.query.encode("latin-1")

@@ -1,0 +1,395 @@
+"""Staleness (RFC 5861) and conditional requests (RFC 9110 13, RFC 9111 4.3)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from email.utils import formatdate
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from redis_cache_middleware import CacheMiddleware, RedisCache
+
+pytestmark = pytest.mark.anyio
+
+
+class Versioned:
+    """An origin serving a versioned document with an ETag, answering 304 when it matches.
+
+    ``cache_control`` goes on every answer; ``fail`` makes it raise or answer with that
+    status; ``delay`` slows it down; ``calls`` and ``conditional_calls`` count what it saw.
+    """
+
+    def __init__(self, cache_control: str, delay: float = 0.0) -> None:
+        self.cache_control = cache_control
+        self.version = 1
+        self.delay = delay
+        self.fail: int | str | None = None
+        self.calls = 0
+        self.conditional_calls: Counter[str] = Counter()
+        self.etags = True
+        self.last_modified: str | None = None
+
+    async def handle(self, request: Request) -> Response:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail == "raise":
+            raise RuntimeError("origin down")
+        if isinstance(self.fail, int):
+            return Response(b"upstream error", status_code=self.fail)
+        etag = f'"v{self.version}"'
+        headers = {"cache-control": self.cache_control, "x-version": str(self.version)}
+        if self.etags:
+            headers["etag"] = etag
+        if self.last_modified:
+            headers["last-modified"] = self.last_modified
+        inm = request.headers.get("if-none-match")
+        ims = request.headers.get("if-modified-since")
+        if inm is not None:
+            self.conditional_calls["if-none-match"] += 1
+            if inm == etag:
+                return Response(status_code=304, headers=headers)
+        elif ims is not None:
+            self.conditional_calls["if-modified-since"] += 1
+            if ims == self.last_modified:
+                return Response(status_code=304, headers=headers)
+        return Response(f"document v{self.version}".encode(), headers=headers)
+
+
+def client_for(cache: RedisCache, origin: Versioned, **options: Any) -> httpx.AsyncClient:
+    app = Starlette(routes=[Route("/doc", origin.handle)])
+    app.add_middleware(CacheMiddleware, cache=cache, **options)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+def middleware_of(client: httpx.AsyncClient) -> CacheMiddleware:
+    app: Any = client._transport.app  # type: ignore[attr-defined]
+    stack = app.middleware_stack or app.build_middleware_stack()
+    app.middleware_stack = stack
+    while not isinstance(stack, CacheMiddleware):
+        stack = stack.app
+    return stack
+
+
+async def wait_for_refreshes(client: httpx.AsyncClient) -> None:
+    await middleware_of(client).background.drain(5)
+
+
+# -- stale-while-revalidate ---------------------------------------------------------------
+
+
+async def test_swr_answers_stale_at_once_and_refreshes_once(cache: RedisCache) -> None:
+    origin = Versioned("max-age=1, stale-while-revalidate=30")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.version = 2
+        origin.delay = 0.5
+        started = time.monotonic()
+        stale = await asyncio.gather(*(client.get("/doc") for _ in range(20)))
+        elapsed = time.monotonic() - started
+        await wait_for_refreshes(client)
+        fresh = await client.get("/doc")
+    assert elapsed < 0.4  # nobody waited for the 0.5 s handler
+    assert {r.content for r in stale} == {b"document v1"}
+    assert all("; hit; " in r.headers["cache-status"] for r in stale)
+    assert all(r.headers["cache-status"].endswith("; fwd=stale") for r in stale)
+    # The refresh revalidated with the ETag; v2 is a new ETag, so the app sent the body.
+    assert origin.calls == 2
+    assert fresh.content == b"document v2"
+    assert fresh.headers["cache-status"].startswith("redis-cache; hit; ttl=")
+
+
+async def test_swr_refresh_by_304_keeps_body_updates_headers(cache: RedisCache) -> None:
+    origin = Versioned("max-age=1, stale-while-revalidate=30")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.cache_control = "max-age=100, stale-while-revalidate=30"
+        await client.get("/doc")
+        await wait_for_refreshes(client)
+        after = await client.get("/doc")
+    assert origin.conditional_calls["if-none-match"] == 1
+    assert after.content == b"document v1"
+    assert after.headers["cache-control"] == "max-age=100, stale-while-revalidate=30"
+    ttl = int(after.headers["cache-status"].rsplit("ttl=", 1)[1])
+    assert 98 <= ttl <= 100
+
+
+async def test_swr_from_config_default(cache: RedisCache) -> None:
+    origin = Versioned("max-age=1")
+    async with client_for(cache, origin, stale_while_revalidate=30) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        r = await client.get("/doc")
+        await wait_for_refreshes(client)
+    assert r.headers["cache-status"].endswith("fwd=stale")
+
+
+async def test_swr_past_window_goes_to_app(cache: RedisCache) -> None:
+    origin = Versioned("max-age=1, stale-while-revalidate=1")
+    async with client_for(cache, origin, keep_for_revalidation=0) as client:
+        await client.get("/doc")
+        await asyncio.sleep(2.1)
+        origin.version = 2
+        r = await client.get("/doc")
+    # Past freshness plus the window (and the revalidation keep, 0 here) Redis dropped it.
+    assert "hit" not in r.headers["cache-status"]
+    assert r.content == b"document v2"
+
+
+async def test_must_revalidate_disables_swr(cache: RedisCache) -> None:
+    origin = Versioned("max-age=1, must-revalidate, stale-while-revalidate=30")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        r = await client.get("/doc")
+    assert "; hit;" not in r.headers["cache-status"]
+
+
+async def test_failing_refresh_leaves_stale_entry(
+    cache: RedisCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    origin = Versioned("max-age=1, stale-while-revalidate=30")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.fail = "raise"
+        first = await client.get("/doc")
+        await wait_for_refreshes(client)
+        second = await client.get("/doc")
+    assert first.content == second.content == b"document v1"
+    assert second.headers["cache-status"].endswith("fwd=stale")
+    assert any("background refresh failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_shutdown_with_refresh_in_flight_is_clean(cache: RedisCache) -> None:
+    origin = Versioned("max-age=1, stale-while-revalidate=30", delay=0)
+    app = Starlette(routes=[Route("/doc", origin.handle)])
+    app.add_middleware(CacheMiddleware, cache=cache, shutdown_timeout=0.2)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.delay = 10  # the refresh will still be running at shutdown
+        await client.get("/doc")
+    middleware = middleware_of(client)
+    assert len(middleware.background) == 1
+    # Drive the lifespan protocol as a server would.
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    started = time.monotonic()
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert time.monotonic() - started < 2
+    assert [m["type"] for m in sent] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]
+    assert len(middleware.background) == 0
+
+
+async def test_aclose_drains_refreshes(redis_client: Any, namespace: str) -> None:
+    cache = RedisCache(redis_client, namespace=namespace)
+    origin = Versioned("max-age=1, stale-while-revalidate=30")
+    async with client_for(cache, origin, shutdown_timeout=0.1) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.delay = 10
+        await client.get("/doc")
+        await cache.aclose()
+        assert len(middleware_of(client).background) == 0
+
+
+async def test_refreshes_are_bounded(cache: RedisCache) -> None:
+    origin = Versioned("max-age=1, stale-while-revalidate=30")
+    async with client_for(cache, origin, max_background_refreshes=0) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        r = await client.get("/doc")
+    assert r.headers["cache-status"].endswith("fwd=stale")
+    assert cache.stats.not_stored["refresh-limit"] == 1
+    assert origin.calls == 1
+
+
+# -- stale-if-error -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", ["raise", 500, 502, 503, 504])
+async def test_stale_if_error_serves_stale(cache: RedisCache, failure: int | str) -> None:
+    origin = Versioned("max-age=1, stale-if-error=60")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.fail = failure
+        r = await client.get("/doc")
+    assert r.status_code == 200
+    assert r.content == b"document v1"
+    assert "fwd=stale" in r.headers["cache-status"]
+    assert "detail=stale-if-error" in r.headers["cache-status"]
+    assert origin.calls == 2
+
+
+@pytest.mark.parametrize("failure", ["raise", 503])
+async def test_stale_if_error_past_window_lets_error_through(
+    cache: RedisCache, failure: int | str
+) -> None:
+    origin = Versioned("max-age=1, stale-if-error=1")
+    async with client_for(cache, origin, keep_for_revalidation=0) as client:
+        await client.get("/doc")
+        await asyncio.sleep(2.1)
+        origin.fail = failure
+        if failure == "raise":
+            with pytest.raises(RuntimeError):
+                await client.get("/doc")
+        else:
+            r = await client.get("/doc")
+            assert r.status_code == 503 and r.content == b"upstream error"
+
+
+async def test_stale_if_error_not_for_other_statuses(cache: RedisCache) -> None:
+    origin = Versioned("max-age=1, stale-if-error=60")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.fail = 404
+        r = await client.get("/doc")
+    assert r.status_code == 404
+
+
+# -- conditional requests -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("if_none_match", "status"),
+    [
+        ('"v1"', 304),
+        ('W/"v1"', 304),
+        ('"other", "v1"', 304),
+        ("*", 304),
+        ('"v2"', 200),
+    ],
+)
+async def test_if_none_match_on_fresh_entry(
+    cache: RedisCache, if_none_match: str, status: int
+) -> None:
+    origin = Versioned("max-age=60")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        r = await client.get("/doc", headers={"if-none-match": if_none_match})
+    assert r.status_code == status
+    assert origin.calls == 1
+    assert "hit" in r.headers["cache-status"]
+    if status == 304:
+        assert r.content == b""
+        assert r.headers["etag"] == '"v1"'
+        assert r.headers["cache-control"] == "max-age=60"
+        assert "x-version" not in r.headers  # not a field a 304 repeats
+        assert "content-length" not in r.headers or r.headers["content-length"] == "0"
+
+
+async def test_if_modified_since_on_fresh_entry(cache: RedisCache) -> None:
+    origin = Versioned("max-age=60")
+    origin.etags = False
+    origin.last_modified = formatdate(time.time() - 3600, usegmt=True)
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        same = await client.get("/doc", headers={"if-modified-since": origin.last_modified})
+        older = await client.get(
+            "/doc", headers={"if-modified-since": formatdate(time.time() - 7200, usegmt=True)}
+        )
+    assert same.status_code == 304
+    assert same.headers["last-modified"] == origin.last_modified
+    assert older.status_code == 200 and older.content == b"document v1"
+    assert origin.calls == 1
+
+
+async def test_head_conditional_hit(cache: RedisCache) -> None:
+    origin = Versioned("max-age=60")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        r = await client.head("/doc", headers={"if-none-match": '"v1"'})
+    assert r.status_code == 304
+
+
+@pytest.mark.parametrize("validator", ["etag", "last-modified"])
+async def test_stale_entry_revalidated_by_304(cache: RedisCache, validator: str) -> None:
+    origin = Versioned("max-age=1")
+    if validator == "last-modified":
+        origin.etags = False
+        origin.last_modified = formatdate(time.time() - 60, usegmt=True)
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.cache_control = "max-age=50"
+        r = await client.get("/doc")
+        again = await client.get("/doc")
+    key = "if-none-match" if validator == "etag" else "if-modified-since"
+    assert origin.conditional_calls[key] == 1
+    assert r.status_code == 200 and r.content == b"document v1"
+    assert r.headers["cache-status"] == "redis-cache; fwd=stale; fwd-status=304; stored"
+    assert r.headers["cache-control"] == "max-age=50"
+    assert again.headers["cache-status"].startswith("redis-cache; hit; ttl=")
+    assert again.content == b"document v1"
+
+
+async def test_stale_entry_replaced_by_200(cache: RedisCache) -> None:
+    origin = Versioned("max-age=1")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.version = 2
+        r = await client.get("/doc")
+        again = await client.get("/doc")
+    assert origin.conditional_calls["if-none-match"] == 1
+    assert r.content == b"document v2"
+    assert r.headers["cache-status"] == "redis-cache; fwd=stale; fwd-status=200; stored"
+    assert again.content == b"document v2" and "hit" in again.headers["cache-status"]
+
+
+async def test_no_cache_entry_revalidated_every_time(cache: RedisCache) -> None:
+    origin = Versioned("no-cache, max-age=60")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        r1 = await client.get("/doc")
+        r2 = await client.get("/doc")
+    assert origin.conditional_calls["if-none-match"] == 2
+    assert r1.content == r2.content == b"document v1"
+    assert "fwd=stale; fwd-status=304" in r1.headers["cache-status"]
+
+
+async def test_client_conditional_passes_through_on_stale(cache: RedisCache) -> None:
+    origin = Versioned("max-age=1")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        r = await client.get("/doc", headers={"if-none-match": '"v1"'})
+    # The client's own validator goes to the app, whose 304 goes back to the client.
+    assert r.status_code == 304
+
+
+async def test_add_etag_option(cache: RedisCache) -> None:
+    origin = Versioned("max-age=60")
+    origin.etags = False
+    async with client_for(cache, origin, add_etag=True) as client:
+        await client.get("/doc")
+        hit = await client.get("/doc")
+        etag = hit.headers["etag"]
+        revalidated = await client.get("/doc", headers={"if-none-match": etag})
+    assert etag.startswith('"') and len(etag) == 34
+    assert revalidated.status_code == 304
