@@ -148,7 +148,10 @@ async def test_app_raising_stores_nothing(cache: RedisCache) -> None:
 async def test_redis_stopped_mid_test_still_200(
     own_redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = RedisCache.from_url(own_redis_server.url, namespace=namespace)
+    from redis_cache_middleware.forward import warn
+
+    warn.reset()
+    cache = RedisCache.from_url(own_redis_server.url, namespace=namespace, breaker_cooldown=0.5)
     origin = Origin()
     try:
         async with make_client(cache, origin, default_ttl=60) as client:
@@ -168,10 +171,14 @@ async def test_redis_stopped_mid_test_still_200(
             assert len(lookups) == 1
             # Each request waited at most the middleware timeout (0.1 s) for Redis.
             assert elapsed < 5 * 0.1 + 1.0
+            # Five consecutive failures opened the circuit breaker: Redis is skipped now.
+            assert cache.breaker.state == "open"
+            skipped = await client.get("/down")
+            assert skipped.status_code == 200 and cache.stats.breaker_skipped >= 1
             own_redis_server.start()
             await asyncio.sleep(0.1)
             recovered = None
-            for _ in range(20):
+            for _ in range(30):
                 recovered = await client.get("/down")
                 if "stored" in recovered.headers["cache-status"]:
                     break

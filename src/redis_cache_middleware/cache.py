@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 
 from . import entry as entry_codec
 from . import keys
+from .breaker import CircuitBreaker
 from .entry import CachedEntry, VaryMarker
 from .exceptions import ConfigError
 from .stats import CacheStats
@@ -82,6 +83,8 @@ class RedisCache:
         *,
         namespace: str = "cache",
         on_purge: Callable[[PurgeEvent], Any] | None = None,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 5.0,
     ) -> None:
         if not isinstance(namespace, str) or not keys.NAMESPACE_RE.match(namespace):
             raise ConfigError(
@@ -102,6 +105,8 @@ class RedisCache:
         self._query_filter: Callable[[str], bool] | None = None
         #: What the middlewares using this cache did, in this process.
         self.stats = CacheStats()
+        #: Skips Redis for a cool-down after repeated failures (shared by the middlewares).
+        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
         if on_purge is not None and not callable(on_purge):
             raise ConfigError("on_purge must be a callable taking a PurgeEvent")
         self._on_purge = on_purge
@@ -118,6 +123,8 @@ class RedisCache:
         *,
         namespace: str = "cache",
         on_purge: Callable[[PurgeEvent], Any] | None = None,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 5.0,
         socket_timeout: float = 0.5,
         connect_timeout: float = 0.5,
         max_connections: int | None = None,
@@ -154,7 +161,13 @@ class RedisCache:
             client = Redis.from_url(url, **options)
         except ValueError as exc:
             raise ConfigError(f"url: {exc}") from exc
-        cache = cls(client, namespace=namespace, on_purge=on_purge)
+        cache = cls(
+            client,
+            namespace=namespace,
+            on_purge=on_purge,
+            breaker_threshold=breaker_threshold,
+            breaker_cooldown=breaker_cooldown,
+        )
         cache._owns_client = True
         return cache
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from . import policy
 from ._types import Message, RawHeaders, Receive, Scope, Send
-from .cache import FillLock, Lookup
+from .cache import FillLock, Lookup, RedisCache
 from .config import MAX_TAG_LENGTH, MAX_TAGS
 from .entry import CachedEntry
 from .keys import normalise_host
@@ -50,6 +51,37 @@ NO_BODY_STATUSES = frozenset({204, 304})
 TAG_HEADERS: dict[bytes, str | None] = {b"surrogate-key": None, b"cache-tag": ","}
 
 warn = RateLimitedWarning()
+
+T = TypeVar("T")
+
+
+class Skipped:
+    """What ``guarded`` returns when Redis was not asked or did not answer in time."""
+
+
+SKIPPED = Skipped()
+
+
+async def guarded(
+    cache: RedisCache, timeout: float, kind: str, call: Callable[[], Awaitable[T]]
+) -> T | Skipped:
+    """Run one Redis call for the middleware: skipped while the circuit breaker is open,
+    bounded by ``timeout``, any failure logged (rate-limited), counted and returned as
+    ``SKIPPED`` so that the request carries on without the cache."""
+    breaker = cache.breaker
+    if not breaker.allow():
+        cache.stats.breaker_skipped += 1
+        return SKIPPED
+    try:
+        async with bounded(timeout):
+            result = await call()
+    except Exception as exc:
+        breaker.failure()
+        cache.stats.redis_error += 1
+        warn(kind, f"redis-cache {kind} failed, carrying on without the cache", exc)
+        return SKIPPED
+    breaker.success()
+    return result
 
 
 class Request:
@@ -406,23 +438,24 @@ class Forward:
         values = request.values_for(names) if names else None
         entry = self._entry(decision, body, names, values)
         found = request.found
-        try:
-            async with bounded(middleware.config.timeout):
-                await cache.store(
-                    request.uhash,
-                    entry,
-                    ttl=decision.ttl,
-                    names=names,
-                    values=values,
-                    generation=found.generation if found is not None else None,
-                    found_names=found.names if found is not None else None,
-                    host=request.host_key,
-                    path=request.path,
-                    fill=self.fill,
-                )
-        except Exception as exc:
-            cache.stats.redis_error += 1
-            warn("store", "redis-cache store failed, response not cached", exc)
+        result = await guarded(
+            cache,
+            middleware.config.timeout,
+            "store",
+            lambda: cache.store(
+                request.uhash,
+                entry,
+                ttl=decision.ttl,
+                names=names,
+                values=values,
+                generation=found.generation if found is not None else None,
+                found_names=found.names if found is not None else None,
+                host=request.host_key,
+                path=request.path,
+                fill=self.fill,
+            ),
+        )
+        if result is SKIPPED:
             return False
         cache.stats.stored += 1
         return True
@@ -435,12 +468,13 @@ class Forward:
         found = self.request.found
         generation = found.generation if found is not None else cache.generation
         pass_for = middleware.config.hit_for_pass_ttl if refused else 0.0
-        try:
-            async with bounded(middleware.config.timeout):
-                await cache.release_fill(self.request.uhash, fill, generation, pass_for=pass_for)
-        except Exception as exc:
-            cache.stats.redis_error += 1
-            warn("release", "redis-cache could not release a fill lock (it will expire)", exc)
+        uhash = self.request.uhash
+        await guarded(
+            cache,
+            middleware.config.timeout,
+            "lock release",
+            lambda: cache.release_fill(uhash, fill, generation, pass_for=pass_for),
+        )
 
     async def _serve_fallback(self, why: str) -> None:
         entry = self.fallback
@@ -491,14 +525,16 @@ class Forward:
         stored = False
         found = self.request.found
         if decision.store and found is not None and found.key is not None:
-            try:
-                async with bounded(config.timeout):
-                    await cache.refresh(found.key, refreshed, ttl=decision.ttl)
+            key = found.key
+            result = await guarded(
+                cache,
+                config.timeout,
+                "refresh",
+                lambda: cache.refresh(key, refreshed, ttl=decision.ttl),
+            )
+            if result is not SKIPPED:
                 stored = True
                 cache.stats.stored += 1
-            except Exception as exc:
-                cache.stats.redis_error += 1
-                warn("store", "redis-cache refresh failed", exc)
         self.status = 304
         status = self._cache_status(stored, None if stored else decision.reason).decode()
         await replay(refreshed, refreshed.age(now), self.request, status, self.send)
@@ -602,14 +638,14 @@ class Invalidate:
                 target = _same_host_target(bytes(value), scheme, host)
                 if target is not None:
                     uhashes.append(cache.url_hash(scheme, host, target[0], target[1]))
-        try:
-            async with bounded(self.middleware.config.timeout):
-                removed = await cache.purge_hashes(uhashes)
-        except Exception as exc:
-            cache.stats.redis_error += 1
-            warn("invalidate", "redis-cache invalidation failed", exc)
-            return
-        cache.stats.invalidated += removed
+        removed = await guarded(
+            cache,
+            self.middleware.config.timeout,
+            "invalidation",
+            lambda: cache.purge_hashes(uhashes),
+        )
+        if not isinstance(removed, Skipped):
+            cache.stats.invalidated += removed
 
 
 def _same_host_target(value: bytes, scheme: str, host: bytes) -> tuple[str, bytes] | None:

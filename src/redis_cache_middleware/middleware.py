@@ -52,11 +52,12 @@ from .forward import (
     Forward,
     Invalidate,
     Request,
+    Skipped,
     empty_receive,
+    guarded,
     has_validators,
     hit_status,
     replay,
-    warn,
 )
 from .keys import variant_hash
 
@@ -294,11 +295,13 @@ class CacheMiddleware:
         self._lookups[key] = future
         found: Lookup | None = None
         try:
-            async with bounded(self.config.timeout):
-                found = await cache.lookup(request.uhash, request.values_for, guess)
-        except Exception as exc:
-            cache.stats.redis_error += 1
-            warn("lookup", "redis-cache lookup failed, serving from the app", exc)
+            result = await guarded(
+                cache,
+                self.config.timeout,
+                "lookup",
+                lambda: cache.lookup(request.uhash, request.values_for, guess),
+            )
+            found = None if isinstance(result, Skipped) else result
         finally:
             del self._lookups[key]
             future.set_result(found)
@@ -427,16 +430,17 @@ class CacheMiddleware:
 
     async def _acquire(self, request: Request, fill: FillLock) -> int | None:
         found = request.found
-        generation = found.generation if found is not None else self.cache.generation
-        try:
-            async with bounded(self.config.timeout):
-                return await self.cache.acquire_fill(
-                    request.uhash, fill, self.config.coalesce_timeout, generation
-                )
-        except Exception as exc:
-            self.cache.stats.redis_error += 1
-            warn("lock", "redis-cache fill lock failed, serving from the app", exc)
-            return None
+        cache = self.cache
+        generation = found.generation if found is not None else cache.generation
+        result = await guarded(
+            cache,
+            self.config.timeout,
+            "fill lock",
+            lambda: cache.acquire_fill(
+                request.uhash, fill, self.config.coalesce_timeout, generation
+            ),
+        )
+        return None if isinstance(result, Skipped) else result
 
     async def _serve_filled(self, request: Request, send: Send, fwd: str) -> bool:
         """Serve the entry another request just filled, if it is there and usable."""

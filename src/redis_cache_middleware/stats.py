@@ -24,6 +24,8 @@ class CacheStats:
     stored: int = 0
     not_stored: Counter[str] = field(default_factory=Counter)
     redis_error: int = 0
+    #: Redis calls the circuit breaker skipped while open.
+    breaker_skipped: int = 0
     purged: int = 0
     #: Misses answered by another request's fill (request coalescing).
     collapsed: int = 0
@@ -41,6 +43,7 @@ class CacheStats:
             "stored": self.stored,
             "not_stored": dict(self.not_stored),
             "redis_error": self.redis_error,
+            "breaker_skipped": self.breaker_skipped,
             "purged": self.purged,
             "collapsed": self.collapsed,
             "invalidated": self.invalidated,
@@ -55,6 +58,11 @@ class RateLimitedWarning:
         self.interval = interval
         self._last: dict[str, float] = {}
         self._held: Counter[str] = Counter()
+
+    def reset(self) -> None:
+        """Forget when each kind was last logged (the next warning of each kind goes out)."""
+        self._last.clear()
+        self._held.clear()
 
     def __call__(self, kind: str, message: str, exc: BaseException | None = None) -> None:
         now = time.monotonic()
