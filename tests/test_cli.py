@@ -45,7 +45,8 @@ async def run_cli(
 async def real_cache(redis_server: RedisServer, namespace: str) -> AsyncIterator[RedisCache]:
     """A cache on the real Redis the CLI talks to, in a namespace of its own."""
     client = redis.asyncio.Redis.from_url(redis_server.url)
-    yield RedisCache(client, namespace=namespace)
+    # Strict generation checks: a clear() by the CLI process is seen at the next lookup.
+    yield RedisCache(client, namespace=namespace, generation_check_interval=0)
     await client.aclose()
 
 

@@ -141,10 +141,12 @@ async def test_clear_then_fresh_stores(cache: RedisCache) -> None:
     assert "hit" in _status(again) and again.content == after.content
 
 
-async def test_clear_seen_by_another_process(redis_client: Any, namespace: str) -> None:
+async def test_clear_seen_by_another_process_at_once_when_strict(
+    redis_client: Any, namespace: str
+) -> None:
     # Two RedisCache objects on one Redis stand for two worker processes.
     one = RedisCache(redis_client, namespace=namespace)
-    two = RedisCache(redis_client, namespace=namespace)
+    two = RedisCache(redis_client, namespace=namespace, generation_check_interval=0)
     origin = Origin()
     async with (
         make_client(one, origin, default_ttl=60) as c1,
@@ -154,6 +156,27 @@ async def test_clear_seen_by_another_process(redis_client: Any, namespace: str) 
         assert "hit" in _status(await c2.get("/shared"))
         await one.clear()
         assert "hit" not in _status(await c2.get("/shared"))
+
+
+async def test_clear_seen_by_another_process_within_interval(
+    redis_client: Any, namespace: str
+) -> None:
+    one = RedisCache(redis_client, namespace=namespace)
+    two = RedisCache(redis_client, namespace=namespace, generation_check_interval=0.3)
+    origin = Origin()
+    async with (
+        make_client(one, origin, default_ttl=60) as c1,
+        make_client(two, origin, default_ttl=60) as c2,
+    ):
+        await c1.get("/shared")
+        assert "hit" in _status(await c2.get("/shared"))
+        await one.clear()
+        # The calling process sees the clear at once...
+        assert "hit" not in _status(await c1.get("/shared"))
+        await asyncio.sleep(0.35)
+        # ...another one at its next generation check.
+        after = await c2.get("/shared")
+        assert "hit" not in _status(after) or after.content == (await c1.get("/shared")).content
 
 
 async def test_purge_during_concurrent_reads(cache: RedisCache) -> None:

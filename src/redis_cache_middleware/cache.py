@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
 
 from . import entry as entry_codec
 from . import keys
@@ -85,6 +86,7 @@ class RedisCache:
         on_purge: Callable[[PurgeEvent], Any] | None = None,
         breaker_threshold: int = 5,
         breaker_cooldown: float = 5.0,
+        generation_check_interval: float = 1.0,
     ) -> None:
         if not isinstance(namespace, str) or not keys.NAMESPACE_RE.match(namespace):
             raise ConfigError(
@@ -100,6 +102,18 @@ class RedisCache:
         self.namespace = namespace
         self._generation_key = keys.generation_key(namespace)
         self._generation = 0
+        if (
+            isinstance(generation_check_interval, bool)
+            or not isinstance(generation_check_interval, (int, float))
+            or not 0 <= generation_check_interval < float("inf")
+        ):
+            raise ConfigError(
+                "generation_check_interval must be a number of seconds >= 0; "
+                f"got {generation_check_interval!r}"
+            )
+        #: How often lookups re-read the namespace generation (0: every lookup).
+        self._generation_interval = float(generation_check_interval)
+        self._generation_checked_at = float("-inf")
         self._vary_names: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._ignored_query: list[str] = []
         self._query_filter: Callable[[str], bool] | None = None
@@ -125,6 +139,7 @@ class RedisCache:
         on_purge: Callable[[PurgeEvent], Any] | None = None,
         breaker_threshold: int = 5,
         breaker_cooldown: float = 5.0,
+        generation_check_interval: float = 1.0,
         socket_timeout: float = 0.5,
         connect_timeout: float = 0.5,
         max_connections: int | None = None,
@@ -167,6 +182,7 @@ class RedisCache:
             on_purge=on_purge,
             breaker_threshold=breaker_threshold,
             breaker_cooldown=breaker_cooldown,
+            generation_check_interval=generation_check_interval,
         )
         cache._owns_client = True
         return cache
@@ -276,26 +292,36 @@ class RedisCache:
         """
         if guess is None:
             guess = self._vary_names.get(uhash)
-        for _ in range(2):
-            generation = self._generation
-            base = keys.url_key(self.namespace, generation, uhash)
-            guessed_key: str | None = None
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.get(self._generation_key)
-                pipe.hgetall(base)
-                if guess:
-                    guessed_key = keys.variant_key(
-                        base, keys.variant_hash(guess, values_for(guess))
-                    )
-                    pipe.hgetall(guessed_key)
-                replies = await pipe.execute(raise_on_error=False)
-            current = _parse_generation(replies[0])
-            if current != generation:
-                self._generation = current
-                continue
-            break
-        else:  # pragma: no cover - the generation moved twice during one lookup
-            return Lookup(state="uri-miss", generation=self._generation)
+        generation = self._generation
+        base = keys.url_key(self.namespace, generation, uhash)
+        guessed_key: str | None = None
+        check = time.monotonic() - self._generation_checked_at >= self._generation_interval
+        if not guess and not check:
+            # The common hit: one command, one round trip.
+            replies = [None, await self._hgetall(base)]
+        else:
+            while True:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    if check:
+                        pipe.get(self._generation_key)
+                    pipe.hgetall(base)
+                    if guess:
+                        guessed_key = keys.variant_key(
+                            base, keys.variant_hash(guess, values_for(guess))
+                        )
+                        pipe.hgetall(guessed_key)
+                    replies = await pipe.execute(raise_on_error=False)
+                if not check:
+                    replies.insert(0, None)
+                    break
+                self._generation_checked_at = time.monotonic()
+                current = _parse_generation(replies[0])
+                if current == generation:
+                    break
+                # The namespace was cleared: look again under the new generation.
+                self._generation = generation = current
+                base = keys.url_key(self.namespace, generation, uhash)
+                check = False
         found = _decode_reply(replies[1])
         if found is None:
             state = "uri-miss" if _is_empty(replies[1]) else "corrupt"
@@ -311,12 +337,19 @@ class RedisCache:
         if guessed_key is not None and guess == names:
             variant_reply = replies[2]
         else:
-            variant_reply = await self._client.hgetall(vkey)
+            variant_reply = await self._hgetall(vkey)
         variant = _decode_reply(variant_reply)
         if isinstance(variant, CachedEntry):
             return Lookup(state="hit", generation=generation, entry=variant, names=names, key=vkey)
         state = "vary-miss" if _is_empty(variant_reply) else "corrupt"
         return Lookup(state=state, generation=generation, names=names)
+
+    async def _hgetall(self, key: str) -> Any:
+        """Return HGETALL of a key, or the error when the key holds another type."""
+        try:
+            return await self._client.hgetall(key)
+        except ResponseError as exc:  # WRONGTYPE: garbage at our key, a miss
+            return exc
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -478,6 +511,7 @@ class RedisCache:
 
     async def _current_generation(self) -> int:
         self._generation = _parse_generation(await self._client.get(self._generation_key))
+        self._generation_checked_at = time.monotonic()
         return self._generation
 
     async def purge_url(self, url: str, *, method: str = "GET") -> int:
@@ -598,8 +632,14 @@ class RedisCache:
 
     async def clear(self) -> None:
         """Forget everything in the namespace at once (O(1)): old keys are never read again,
-        and Redis expires them by their TTLs."""
+        and Redis expires them by their TTLs.
+
+        This process sees it at once; other processes at their next generation check, within
+        ``generation_check_interval`` seconds (0 makes every lookup check, at the price of a
+        second command per hit).
+        """
         self._generation = int(await self._client.incr(self._generation_key))
+        self._generation_checked_at = time.monotonic()
         self._vary_names.clear()
         await self._notify(PurgeEvent("clear", (), None))
 
