@@ -1,6 +1,7 @@
 """Shared fixtures: the Redis backends every shared test runs against.
 
-``backend`` is parametrised over an in-process ``fakeredis`` and a real Redis server. The real
+``backend`` is parametrised over an in-process ``fakeredis``, a real Redis server and a local
+3-primary Redis Cluster (``cluster_fixtures``, started once per session). The real
 one is ``REDIS_URL`` when set, otherwise a ``redis-server`` this session starts on a free
 loopback port. When neither is possible the real-Redis cases skip with the reason in the
 summary; with ``REDIS_CACHE_REQUIRE_REDIS=1`` (as ``.ci/run`` sets) they fail instead.
@@ -25,6 +26,13 @@ import redis
 import redis.asyncio
 
 from redis_cache_middleware import RedisCache
+
+from .cluster_fixtures import (  # noqa: F401 (fixtures)
+    LocalCluster,
+    failover_cluster,
+    redis_cluster,
+    sentinel_setup,
+)
 
 REQUIRE_REDIS = os.environ.get("REDIS_CACHE_REQUIRE_REDIS", "") not in ("", "0")
 
@@ -150,9 +158,10 @@ def own_redis_server() -> Iterator[RedisServer]:
 ClientFactory = Callable[[], Any]
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+@pytest.fixture(params=["fakeredis", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """The name of the Redis backend a shared test runs against."""
+    """The name of the Redis backend a shared test runs against: fakeredis, a real Redis, or
+    a local 3-primary Redis Cluster (started once per session, see ``cluster_fixtures``)."""
     return str(request.param)
 
 
@@ -161,6 +170,17 @@ async def redis_client(backend: str, request: pytest.FixtureRequest) -> AsyncIte
     """A fresh async client on the backend under test (closed afterwards)."""
     if backend == "fakeredis":
         client: Any = fakeredis.FakeAsyncRedis()
+    elif backend == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        client = redis.asyncio.RedisCluster(
+            startup_nodes=[
+                redis.asyncio.cluster.ClusterNode(host, port)
+                for host, port in cluster.startup_nodes()
+            ]
+        )
+        # Learn the slot map now: the first command of a cold cluster client also runs
+        # CLUSTER SLOTS, which could exceed the middleware's 100 ms budget on a busy CI host.
+        await client.initialize()
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         client = redis.asyncio.Redis.from_url(server.url)

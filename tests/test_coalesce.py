@@ -40,7 +40,9 @@ class SlowOrigin(Origin):
 
 async def test_200_concurrent_misses_one_app_call(cache: RedisCache) -> None:
     origin = SlowOrigin(0.2)
-    async with make_client(cache, origin, default_ttl=60) as client:
+    # A second for Redis (not 100 ms): 200 connections opening at once on a loaded machine
+    # must not turn the lookups this test counts into fail-open misses.
+    async with make_client(cache, origin, default_ttl=60, timeout=1.0) as client:
         responses = await asyncio.gather(*(client.get("/cold") for _ in range(200)))
     assert origin.calls["/cold"] == 1
     assert {r.status_code for r in responses} == {200}
@@ -207,3 +209,111 @@ async def test_four_processes_one_app_call(
     assert int(client.get(f"{namespace}:calls:/slow/1") or 0) == 1
     pids = {r.json()["pid"] for r in responses}
     assert len(pids) == 1  # one process filled; the rest served its entry
+
+
+# -- the lookup that takes the fill lock in the same round trip ------------------------------
+
+
+async def test_lookup_takes_the_fill_lock_only_when_the_url_is_empty(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    from redis_cache_middleware.cache import ACQUIRED, HELD, PASS
+
+    uhash = cache.url_hash("http", b"testserver", "/lk", b"")
+    base = keys.url_key(cache.namespace, 0, uhash)
+
+    def no_values(names: tuple[str, ...]) -> list[bytes | None]:
+        return [None] * len(names)
+
+    # The first lookup of a second also reads the namespace generation, in a pipeline that
+    # takes no lock (the middleware then takes it on its own); the ones after it do.
+    await cache.lookup(cache.url_hash("http", b"testserver", "/warm", b""), no_values)
+    first = await cache.lookup(uhash, no_values, fill=FillLock("", "tok-a"), fill_ttl=5)
+    assert (first.state, first.lock) == ("uri-miss", ACQUIRED)
+    assert await redis_client.get(keys.lock_key(base)) == b"tok-a"
+    assert 0 < await redis_client.pttl(keys.lock_key(base)) <= 5000
+    second = await cache.lookup(uhash, no_values, fill=FillLock("", "tok-b"), fill_ttl=5)
+    assert (second.state, second.lock) == ("uri-miss", HELD)
+    assert await redis_client.get(keys.lock_key(base)) == b"tok-a"
+    await cache.release_fill(uhash, FillLock("", "tok-a"), 0, pass_for=5)
+    third = await cache.lookup(uhash, no_values, fill=FillLock("", "tok-c"), fill_ttl=5)
+    assert (third.state, third.lock) == ("uri-miss", PASS)
+    assert await redis_client.get(keys.lock_key(base)) is None
+    # Something that is not our lock (ours always expire) at the lock key is taken over.
+    other = cache.url_hash("http", b"testserver", "/foreign", b"")
+    other_lock = keys.lock_key(keys.url_key(cache.namespace, 0, other))
+    await redis_client.rpush(other_lock, b"x")
+    taken = await cache.lookup(other, no_values, fill=FillLock("", "tok-d"), fill_ttl=5)
+    assert taken.lock == ACQUIRED and await redis_client.get(other_lock) == b"tok-d"
+
+
+async def test_lookup_with_a_lock_on_a_stored_or_broken_url_takes_no_lock(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/stored")
+    uhash = cache.url_hash("http", b"testserver", "/stored", b"")
+    base = keys.url_key(cache.namespace, 0, uhash)
+    await cache.lookup(uhash, lambda n: [None] * len(n))  # the generation, read once a second
+    found = await cache.lookup(uhash, lambda n: [None] * len(n), fill=FillLock("", "t"))
+    assert found.state == "hit" and found.lock is None
+    assert await redis_client.exists(keys.lock_key(base)) == 0
+
+    broken = cache.url_hash("http", b"testserver", "/broken", b"")
+    broken_base = keys.url_key(cache.namespace, 0, broken)
+    await redis_client.set(broken_base, b"not a hash")
+    found = await cache.lookup(broken, lambda n: [None] * len(n), fill=FillLock("", "t"))
+    assert found.state == "corrupt" and found.lock is None
+    assert await redis_client.exists(keys.lock_key(broken_base)) == 0
+
+
+async def test_miss_leaves_no_lock_behind_and_second_process_collapses(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    # Two middlewares over one Redis stand for two processes: the first one's lookup takes
+    # the lock, the second sees it held and is answered from the first one's fill.
+    origin = SlowOrigin(0.3)
+    async with (
+        make_client(cache, origin, default_ttl=60) as one,
+        make_client(cache, origin, default_ttl=60) as two,
+    ):
+        first = asyncio.ensure_future(one.get("/shared"))
+        await asyncio.sleep(0.1)
+        second = await two.get("/shared")
+        response = await first
+    assert origin.calls["/shared"] == 1
+    assert "stored" in response.headers["cache-status"]
+    assert "collapsed" in second.headers["cache-status"]
+    assert second.content == response.content
+    uhash = cache.url_hash("http", b"testserver", "/shared", b"")
+    assert await redis_client.exists(keys.lock_key(keys.url_key(cache.namespace, 0, uhash))) == 0
+
+
+async def test_head_and_only_if_cached_take_no_lock(cache: RedisCache, redis_client: Any) -> None:
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        head = await client.head("/h")
+        refused = await client.get("/o", headers={"cache-control": "only-if-cached"})
+    assert head.status_code == 200 and refused.status_code == 504
+    for path in ("/h", "/o"):
+        uhash = cache.url_hash("http", b"testserver", path, b"")
+        lock = keys.lock_key(keys.url_key(cache.namespace, 0, uhash))
+        assert await redis_client.exists(lock) == 0, path
+
+
+async def test_hits_on_a_url_seen_stored_are_one_plain_hgetall(
+    backend: str, cache: RedisCache, redis_client: Any
+) -> None:
+    if backend != "redis":
+        pytest.skip("counts commands with INFO commandstats, which only a real Redis has")
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/seen")  # stored by this process: it knows the URL is there
+        await redis_client.config_resetstat()
+        for _ in range(20):
+            response = await client.get("/seen")
+            assert "hit" in response.headers["cache-status"]
+    stats = await redis_client.info("commandstats")
+    assert stats["cmdstat_hgetall"]["calls"] == 20
+    assert "cmdstat_evalsha" not in stats and "cmdstat_set" not in stats

@@ -254,16 +254,24 @@ def test_redis_cache_from_url_bad_url_raises(url: str) -> None:
         RedisCache.from_url(url)
 
 
-@pytest.mark.parametrize("option", ["socket_timeout", "connect_timeout"])
+BAD_TIMEOUTS: dict[str, object] = {
+    "zero": 0,
+    "negative": -1,
+    "str": "1",
+    "none": None,
+    "nan": math.nan,
+    "bool": True,
+}
+
+
 @pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param(0, id="zero"),
-        pytest.param(-1, id="negative"),
-        pytest.param("1", id="str"),
-        pytest.param(None, id="none"),
-        pytest.param(math.nan, id="nan"),
-        pytest.param(True, id="bool"),
+    ("option", "value"),
+    [pytest.param("connect_timeout", v, id=f"connect_timeout-{k}") for k, v in BAD_TIMEOUTS.items()]
+    # None is socket_timeout's default (no socket timeout), so it is not bad there.
+    + [
+        pytest.param("socket_timeout", v, id=f"socket_timeout-{k}")
+        for k, v in BAD_TIMEOUTS.items()
+        if v is not None
     ],
 )
 def test_redis_cache_from_url_bad_timeout_raises(option: str, value: object) -> None:

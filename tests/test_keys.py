@@ -501,3 +501,38 @@ def test_path_member_bounded() -> None:
 def test_prefix_ranges(prefix: str, path: str, covered: bool) -> None:
     member = path_member(path, url_hash(*BASE))
     assert in_ranges(member, prefix_ranges(prefix)) is covered
+
+
+def test_a_path_with_lone_surrogates_gets_a_key_of_its_own() -> None:
+    # A raw ASGI path no conforming server sends: keyed, not an error, and never the key of
+    # a well-formed path.
+    broken = url_hash("GET", "http", b"h", "/a\udc80", [])
+    assert broken == url_hash("GET", "http", b"h", "/a\udc80", [])
+    assert broken != url_hash("GET", "http", b"h", "/a\udc81", [])
+    assert broken != url_hash("GET", "http", b"h", "/a", [])
+    assert broken != url_hash("GET", "http", b"h", "/a\ufffd", [])
+    assert url_hash("GET", "http", b"h", "/q", [("k\udc80", "v")]) != url_hash(
+        "GET", "http", b"h", "/q", [("k", "v")]
+    )
+
+
+def test_remembered_url_hashes_follow_ignore_query_params() -> None:
+    import fakeredis
+
+    from redis_cache_middleware import RedisCache
+    from redis_cache_middleware.cache import HASH_MEMORY
+
+    cache = RedisCache(fakeredis.FakeAsyncRedis())
+    tracked = cache.url_hash("http", b"h", "/p", b"utm_source=x&a=1")
+    plain = cache.url_hash("http", b"h", "/p", b"a=1")
+    assert tracked != plain
+    assert cache.url_hash("http", b"h", "/p", b"utm_source=x&a=1") == tracked  # remembered
+    cache.ignore_query_params(["utm_*"])
+    assert cache.url_hash("http", b"h", "/p", b"utm_source=x&a=1") == plain
+    # The memory is bounded: it empties when full, and answers stay the same.
+    for i in range(HASH_MEMORY + 10):
+        cache.url_hash("http", b"h", f"/n{i}", b"")
+    assert len(cache._hash_memo) <= HASH_MEMORY
+    assert cache.url_hash("http", b"h", "/p", b"a=1") == plain
+    assert cache.url_hash("https", b"h", "/p", b"a=1") != plain  # the scheme is keyed
+    assert cache.url_hash("http", b"h", "/p", b"a=1", "POST") != plain  # and the method

@@ -10,6 +10,7 @@ Pure state: the clock is injected, and transitions are logged and counted.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from .exceptions import ConfigError
@@ -26,6 +27,7 @@ class CircuitBreaker:
         threshold: int = 5,
         cooldown: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        transitions: Counter[str] | None = None,
     ) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
             raise ConfigError(f"breaker_threshold must be an int >= 1; got {threshold!r}")
@@ -45,6 +47,8 @@ class CircuitBreaker:
         #: How many times the breaker opened, and how many calls it skipped.
         self.opened = 0
         self.skipped = 0
+        #: State changes by ``"old->new"``; ``RedisCache`` passes ``stats.breaker_transitions``.
+        self.transitions: Counter[str] = transitions if transitions is not None else Counter()
 
     def allow(self) -> bool:
         """Return whether a call may go to Redis now (a half-open breaker lets one probe by)."""
@@ -74,5 +78,6 @@ class CircuitBreaker:
     def _move(self, state: str, now: float) -> None:
         if state != self.state:
             logger.warning("redis-cache circuit breaker %s -> %s", self.state, state)
+            self.transitions[f"{self.state}->{state}"] += 1
         self.state = state
         self._changed_at = now

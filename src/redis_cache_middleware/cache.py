@@ -11,21 +11,32 @@ Ownership follows redis-py: a cache built with ``from_url`` owns its client and 
 
 from __future__ import annotations
 
+import functools
 import inspect
+import itertools
 import logging
 import math
+import os
+import secrets
+import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # pragma: no cover
+    from async_timeout import timeout as _timeout
 
 from . import entry as entry_codec
 from . import keys
@@ -48,8 +59,30 @@ logger = logging.getLogger("redis_cache_middleware")
 
 #: How many URLs' Vary names a process remembers, to fetch a variant in the first round trip.
 VARY_MEMORY = 4096
+#: How many URLs' hashes a process keeps, so that a hot URL is hashed once.
+HASH_MEMORY = 4096
 
 METHOD_CLASS_GET = "GET"
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _admin(
+    method: Callable[Concatenate[RedisCache, _P], Coroutine[Any, Any, _T]],
+) -> Callable[Concatenate[RedisCache, _P], Coroutine[Any, Any, _T]]:
+    """Bound an admin call (purge, clear, inspect, scan) by the cache's ``admin_timeout``:
+    ``TimeoutError`` past it."""
+
+    @functools.wraps(method)
+    async def bounded_call(self: RedisCache, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        if self.admin_timeout is None:
+            return await method(self, *args, **kwargs)
+        async with _timeout(self.admin_timeout):
+            return await method(self, *args, **kwargs)
+
+    return bounded_call
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +101,19 @@ class Lookup:
     names: tuple[str, ...] | None = None
     #: The key the entry was read from (the URL's key or a variant's).
     key: str | None = None
+    #: When the lookup was asked to take the URL's fill lock on a miss, and did in the
+    #: same round trip: ``ACQUIRED``, ``HELD`` or ``PASS``; else None.
+    lock: int | None = None
 
 
 class RedisCache:
     """A namespaced HTTP response cache kept in Redis.
 
-    ``client`` is a ``redis.asyncio.Redis`` (or ``RedisCluster``, or
+    ``client`` is a ``redis.asyncio.Redis`` (or a ``redis.asyncio.cluster.RedisCluster``,
+    a master client from ``redis.asyncio.sentinel.Sentinel(...).master_for(...)``, or
     ``fakeredis.FakeAsyncRedis``) made with ``decode_responses=False``; it is not closed by
-    ``aclose()``. ``namespace`` prefixes every key (letters, digits, ``_ . -``; at most 64).
+    ``aclose()``. On a cluster every operation keeps to one slot per command (see
+    ``docs/scaling.md``). ``namespace`` prefixes every key (letters, digits, ``_ . -``; at most 64).
     """
 
     def __init__(
@@ -87,6 +125,7 @@ class RedisCache:
         breaker_threshold: int = 5,
         breaker_cooldown: float = 5.0,
         generation_check_interval: float = 1.0,
+        admin_timeout: float | None = 5.0,
     ) -> None:
         if not isinstance(namespace, str) or not keys.NAMESPACE_RE.match(namespace):
             raise ConfigError(
@@ -97,6 +136,17 @@ class RedisCache:
                 "client: the Redis client must be made with decode_responses=False "
                 "(bodies are bytes)"
             )
+        if admin_timeout is not None and (
+            isinstance(admin_timeout, bool)
+            or not isinstance(admin_timeout, (int, float))
+            or not 0 < admin_timeout < float("inf")
+        ):
+            raise ConfigError(
+                f"admin_timeout must be a positive number of seconds or None; got {admin_timeout!r}"
+            )
+        #: Bounds each purge, clear, inspect and scan call (the middleware bounds its own calls
+        #: with its ``timeout``): a client without a socket timeout cannot hang them.
+        self.admin_timeout = admin_timeout
         self._client = client
         self._owns_client = False
         self.namespace = namespace
@@ -115,20 +165,30 @@ class RedisCache:
         self._generation_interval = float(generation_check_interval)
         self._generation_checked_at = float("-inf")
         self._vary_names: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        #: URLs (without Vary) this process saw stored, and until when (monotonic): their
+        #: lookups are a plain HGETALL; others also try the fill lock in the same trip.
+        self._stored_until: dict[str, float] = {}
         self._ignored_query: list[str] = []
+        #: Recent URLs' hashes, by what url_hash was given (emptied when full).
+        self._hash_memo: dict[tuple[str, str, bytes, str, bytes], str] = {}
         self._query_filter: Callable[[str], bool] | None = None
         #: What the middlewares using this cache did, in this process.
         self.stats = CacheStats()
         #: Skips Redis for a cool-down after repeated failures (shared by the middlewares).
-        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
+        self.breaker = CircuitBreaker(
+            breaker_threshold, breaker_cooldown, transitions=self.stats.breaker_transitions
+        )
         if on_purge is not None and not callable(on_purge):
             raise ConfigError("on_purge must be a callable taking a PurgeEvent")
         self._on_purge = on_purge
         self._cluster = _is_cluster(client)
+        self._also_close: list[Any] = []
         self._background: list[tuple[BackgroundTasks, float]] = []
-        self._prune_script = client.register_script(PRUNE_SCRIPT)
+        self._index_script = client.register_script(INDEX_SCRIPT)
         self._acquire_script = client.register_script(ACQUIRE_SCRIPT)
         self._release_script = client.register_script(RELEASE_SCRIPT)
+        self._store_script = client.register_script(STORE_SCRIPT)
+        self._lookup_script = client.register_script(LOOKUP_SCRIPT)
 
     @classmethod
     def from_url(
@@ -140,21 +200,44 @@ class RedisCache:
         breaker_threshold: int = 5,
         breaker_cooldown: float = 5.0,
         generation_check_interval: float = 1.0,
-        socket_timeout: float = 0.5,
+        admin_timeout: float | None = 5.0,
+        socket_timeout: float | None = None,
         connect_timeout: float = 0.5,
         max_connections: int | None = None,
         **client_options: Any,
     ) -> RedisCache:
         """Return a cache with its own client for ``url``, closed by ``aclose()``.
 
-        The client has short socket timeouts and at most one retry, so that an outage costs
-        a request little (redis-py's own defaults retry for seconds). ``client_options`` go to
-        ``redis.asyncio.Redis.from_url`` unchanged.
+        The client connects within ``connect_timeout`` and retries at most once, so that an
+        outage costs a request little (redis-py's own defaults retry for seconds). It has no
+        socket timeout by default: the middleware bounds each of its calls with its own
+        ``timeout``, purges and the other admin calls are bounded by ``admin_timeout``, and
+        redis-py runs each command of a client with a socket timeout in a task of its own,
+        which costs a hit or a miss about a tenth of its time (docs/performance.md). Give
+        ``socket_timeout`` to bound every command anyway. ``client_options`` go to the
+        client's constructor unchanged.
+
+        Besides every redis-py URL (``redis://``, ``rediss://``, ``unix://``):
+
+        - ``redis+cluster://[user:password@]host:port[,host:port...][/]`` (``rediss+cluster``
+          for TLS) makes a ``redis.asyncio.cluster.RedisCluster`` with these startup nodes
+          (the port defaults to 6379; one live node is enough, it tells the others).
+        - ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``
+          (``rediss+sentinel`` for TLS to the master) asks these sentinels for the master
+          of ``service`` and follows it through failovers
+          (``redis.asyncio.sentinel.Sentinel(...).master_for(service)``). The user and
+          password are the master's; a ``sentinel_kwargs={...}`` client option is passed to
+          ``Sentinel`` for the sentinels' own connections (e.g. their password).
+
+        These two forms take no query string (give options as keywords). A malformed URL
+        raises ``ConfigError`` naming ``url``.
         """
         for name, value in (
             ("socket_timeout", socket_timeout),
             ("connect_timeout", connect_timeout),
         ):
+            if value is None and name == "socket_timeout":
+                continue
             if (
                 isinstance(value, bool)
                 or not isinstance(value, (int, float))
@@ -166,14 +249,22 @@ class RedisCache:
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
             "retry": Retry(NoBackoff(), 1),
+            "socket_keepalive": True,
             "health_check_interval": 30,
         }
         if max_connections is not None:
             options["max_connections"] = max_connections
         options.update(client_options)
         options["decode_responses"] = False
+        scheme = url.partition("://")[0].lower() if isinstance(url, str) else ""
+        also_close: list[Any] = []
         try:
-            client = Redis.from_url(url, **options)
+            if scheme in CLUSTER_SCHEMES:
+                client: AnyRedis = _cluster_client(url, options)
+            elif scheme in SENTINEL_SCHEMES:
+                client, also_close = _sentinel_client(url, options)
+            else:
+                client = Redis.from_url(url, **options)
         except ValueError as exc:
             raise ConfigError(f"url: {exc}") from exc
         cache = cls(
@@ -183,8 +274,10 @@ class RedisCache:
             breaker_threshold=breaker_threshold,
             breaker_cooldown=breaker_cooldown,
             generation_check_interval=generation_check_interval,
+            admin_timeout=admin_timeout,
         )
         cache._owns_client = True
+        cache._also_close = also_close
         return cache
 
     @property
@@ -201,6 +294,29 @@ class RedisCache:
         """Have ``aclose()`` drain these background tasks (a middleware's refreshes)."""
         self._background.append((tasks, timeout))
 
+    async def warm_up(self, timeout: float = 2.0) -> bool:
+        """Connect before the first request: open a connection (on a cluster, read the slot
+        map, which can take longer than a request's ``timeout``) and read the generation.
+
+        Return whether Redis answered within ``timeout`` seconds; when it did not, the cache
+        still works (requests fail open until Redis answers). The middleware calls this at
+        lifespan startup.
+        """
+        try:
+            async with _timeout(timeout):
+                if self._cluster:
+                    await self._client.initialize()
+                await self._current_generation()
+        except Exception as exc:
+            logger.warning(
+                "redis-cache could not reach Redis at startup (%s: %s); the app serves "
+                "without the cache until it can",
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        return True
+
     async def aclose(self) -> None:
         """Drain the background refreshes of the middlewares using this cache, then close
         the client if this cache made it (``from_url``); a client handed in stays open."""
@@ -208,6 +324,8 @@ class RedisCache:
             await tasks.drain(timeout)
         if self._owns_client:
             await self._client.aclose()
+            for other in self._also_close:  # a Sentinel's own clients
+                await other.aclose()
 
     async def __aenter__(self) -> RedisCache:
         return self
@@ -228,6 +346,7 @@ class RedisCache:
             if pattern not in self._ignored_query:
                 self._ignored_query.append(pattern)
         self._query_filter = keys.make_query_filter(self._ignored_query)
+        self._hash_memo.clear()
 
     def url_hash(
         self,
@@ -239,13 +358,21 @@ class RedisCache:
     ) -> str:
         """Return the hash naming the keys of a URL, as requested with ``method``."""
         method_class = METHOD_CLASS_GET if method in ("GET", "HEAD") else method
-        return keys.url_hash(
-            method_class,
-            scheme,
-            keys.normalise_host(host, scheme),
-            path,
-            keys.normalise_query(query_string, self._query_filter),
-        )
+        memo_key = (method_class, scheme, host, path, query_string)
+        uhash = self._hash_memo.get(memo_key)
+        if uhash is None:
+            # Hot URLs skip the query parsing and hashing (a tenth of a hit's CPU).
+            uhash = keys.url_hash(
+                method_class,
+                scheme,
+                keys.normalise_host(host, scheme),
+                path,
+                keys.normalise_query(query_string, self._query_filter),
+            )
+            if len(self._hash_memo) >= HASH_MEMORY:
+                self._hash_memo.clear()
+            self._hash_memo[memo_key] = uhash
+        return uhash
 
     def hash_for_url(self, url: str, method: str = "GET") -> str:
         """Return the hash naming the keys of an absolute URL (``http://host/path?query``)."""
@@ -267,6 +394,14 @@ class RedisCache:
         """Return the Vary names last seen for a URL in this process, if any."""
         return self._vary_names.get(uhash)
 
+    def _remember_stored(self, uhash: str, seconds: float) -> None:
+        if seconds <= 0:
+            self._stored_until.pop(uhash, None)
+            return
+        if len(self._stored_until) >= VARY_MEMORY and uhash not in self._stored_until:
+            del self._stored_until[next(iter(self._stored_until))]  # the oldest remembered
+        self._stored_until[uhash] = time.monotonic() + seconds
+
     def _remember_vary(self, uhash: str, names: tuple[str, ...] | None) -> None:
         if names is None:
             self._vary_names.pop(uhash, None)
@@ -283,12 +418,18 @@ class RedisCache:
         uhash: str,
         values_for: Callable[[tuple[str, ...]], list[bytes | None]],
         guess: tuple[str, ...] | None = None,
+        fill: FillLock | None = None,
+        fill_ttl: float = 5.0,
     ) -> Lookup:
         """Return what is stored for a URL and, when it varies, for this request's variant.
 
         ``values_for(names)`` returns the request's values of those headers (None if absent).
         ``guess`` names the Vary headers expected, so that the variant can be fetched in the
         same round trip as the URL's key; a wrong guess costs a second round trip.
+
+        With ``fill`` (a lock for the URL itself, variant ``""``), a lookup that finds the
+        URL's key empty also tries that fill lock, in the same round trip, for ``fill_ttl``
+        seconds; ``Lookup.lock`` says how that went (None when it was not tried).
         """
         if guess is None:
             guess = self._vary_names.get(uhash)
@@ -298,7 +439,15 @@ class RedisCache:
         check = time.monotonic() - self._generation_checked_at >= self._generation_interval
         if not guess and not check:
             # The common hit: one command, one round trip.
-            replies = [None, await self._hgetall(base)]
+            if fill is not None and self._stored_until.get(uhash, 0.0) < time.monotonic():
+                # Likely a miss: the same round trip also tries the fill lock.
+                reply = await self._lookup_or_lock(base, fill, fill_ttl)
+                if isinstance(reply, int):
+                    self._remember_vary(uhash, None)
+                    return Lookup(state="uri-miss", generation=generation, lock=reply)
+                replies = [None, reply]
+            else:
+                replies = [None, await self._hgetall(base)]
         else:
             while True:
                 async with self._client.pipeline(transaction=False) as pipe:
@@ -311,6 +460,9 @@ class RedisCache:
                         )
                         pipe.hgetall(guessed_key)
                     replies = await pipe.execute(raise_on_error=False)
+                for reply in replies:
+                    if isinstance(reply, ResponseError):
+                        _garbage_or_raise(reply)
                 if not check:
                     replies.insert(0, None)
                     break
@@ -324,12 +476,14 @@ class RedisCache:
                 check = False
         found = _decode_reply(replies[1])
         if found is None:
+            self._stored_until.pop(uhash, None)
             state = "uri-miss" if _is_empty(replies[1]) else "corrupt"
             if state == "uri-miss":
                 self._remember_vary(uhash, None)
             return Lookup(state=state, generation=generation)
         if isinstance(found, CachedEntry):
             self._remember_vary(uhash, None)
+            self._remember_stored(uhash, found.fresh_for + found.stale_for - found.age(time.time()))
             return Lookup(state="hit", generation=generation, entry=found, key=base)
         names = found.names
         self._remember_vary(uhash, names)
@@ -344,12 +498,22 @@ class RedisCache:
         state = "vary-miss" if _is_empty(variant_reply) else "corrupt"
         return Lookup(state=state, generation=generation, names=names)
 
+    async def _lookup_or_lock(self, base: str, fill: FillLock, ttl: float) -> Any:
+        """HGETALL of a URL's key; when it is empty, try its fill lock (an int) instead."""
+        try:
+            return await self._lookup_script(
+                keys=[base, keys.lock_key(base, fill.variant), keys.pass_key(base)],
+                args=[fill.token, max(1, int(ttl * 1000))],
+            )
+        except ResponseError as exc:  # WRONGTYPE inside the script: garbage at our key
+            return _garbage_or_raise(exc)
+
     async def _hgetall(self, key: str) -> Any:
         """Return HGETALL of a key, or the error when the key holds another type."""
         try:
             return await self._client.hgetall(key)
         except ResponseError as exc:  # WRONGTYPE: garbage at our key, a miss
-            return exc
+            return _garbage_or_raise(exc)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -376,8 +540,9 @@ class RedisCache:
         the entry for ``purge_prefix``; the entry's tags index it for ``purge_tag``.
         ``fill`` is the fill lock this request holds, released in the same transaction.
 
-        The URL's keys (one cluster slot) are written in one MULTI/EXEC; on a single Redis
-        the indexes join the same transaction, on a cluster they follow in a pipeline.
+        On a single Redis one script writes the URL's keys, the indexes and the lock release
+        atomically; on a cluster the script writes the URL's keys (one slot) and releases
+        the lock, and the indexes (other slots) follow in a pipeline split by node.
         """
         ttl_ms = max(1, int(ttl * 1000))
         now_ms = int(time.time() * 1000)
@@ -385,54 +550,121 @@ class RedisCache:
         gen = self._generation if generation is None else generation
         base = keys.url_key(self.namespace, gen, uhash)
         fields = entry_codec.encode(entry)
-        async with self._client.pipeline(transaction=True) as pipe:
-            if not names:
-                entry_key = base
-                pipe.delete(base)
-                pipe.hset(base, mapping=fields)  # type: ignore[arg-type]
-                pipe.pexpire(base, ttl_ms)
-            else:
-                vhash = keys.variant_hash(names, values or [None] * len(names))
-                entry_key = keys.variant_key(base, vhash)
-                if found_names == names:
-                    pipe.pexpire(base, ttl_ms, gt=True)
-                else:
-                    pipe.delete(base)
-                    marker = entry_codec.encode_marker(VaryMarker(names))
-                    pipe.hset(base, mapping=marker)  # type: ignore[arg-type]
-                    pipe.pexpire(base, ttl_ms)
-                pipe.delete(entry_key)
-                pipe.hset(entry_key, mapping=fields)  # type: ignore[arg-type]
-                pipe.pexpire(entry_key, ttl_ms)
-                _grow(pipe, keys.variants_key(base), ttl_ms, sadd=vhash)
-            if fill is not None:
-                await self._release_script(
-                    keys=[keys.lock_key(base, fill.variant), keys.pass_key(base)],
-                    args=[fill.token, 0],
-                    client=pipe,  # type: ignore[arg-type]
-                )
-            if self._cluster:
-                await pipe.execute()
-                async with self._client.pipeline(transaction=False) as index_pipe:
-                    await self._index(
-                        index_pipe,
-                        gen,
-                        entry_key,
-                        entry.tags,
-                        host,
-                        path,
-                        uhash,
-                        now_ms,
-                        expiry_ms,
-                        ttl_ms,
-                    )
-                    await index_pipe.execute()
-            else:
+        # On a single Redis one script writes the entry, its indexes and the lock release.
+        # On a cluster the same script writes only the URL's keys (one slot, its hash tag)
+        # and the lock release; the indexes (other slots) follow in a pipeline the client
+        # splits by node. redis-py's transactional cluster pipeline is not used: it queues
+        # each command through a thread of its own.
+        cluster = self._cluster
+        await self._store_single(
+            base,
+            uhash,
+            fields,
+            ttl_ms,
+            now_ms,
+            expiry_ms,
+            names,
+            values,
+            found_names,
+            () if cluster else entry.tags,
+            None if cluster else host,
+            None if cluster else path,
+            fill,
+            gen,
+        )
+        if cluster and (entry.tags or (host is not None and path is not None)):
+            entry_key = (
+                keys.variant_key(base, keys.variant_hash(names, values or [None] * len(names)))
+                if names
+                else base
+            )
+            async with self._client.pipeline(transaction=False) as index_pipe:
                 await self._index(
-                    pipe, gen, entry_key, entry.tags, host, path, uhash, now_ms, expiry_ms, ttl_ms
+                    index_pipe,
+                    gen,
+                    entry_key,
+                    entry.tags,
+                    host,
+                    path,
+                    uhash,
+                    now_ms,
+                    expiry_ms,
+                    ttl_ms,
                 )
-                await pipe.execute()
+                await index_pipe.execute()
         self._remember_vary(uhash, names or None)
+        if not names:
+            self._remember_stored(uhash, ttl)
+
+    async def _store_single(
+        self,
+        base: str,
+        uhash: str,
+        fields: dict[bytes, bytes],
+        ttl_ms: int,
+        now_ms: int,
+        expiry_ms: int,
+        names: tuple[str, ...],
+        values: list[bytes | None] | None,
+        found_names: tuple[str, ...] | None,
+        tags: Sequence[str],
+        host: bytes | None,
+        path: str | None,
+        fill: FillLock | None,
+        gen: int,
+    ) -> None:
+        """``store`` on a single Redis: one script writes the entry, its indexes and the
+        lock release atomically, so a miss costs one command to send and one round trip."""
+        if not names:
+            entry_key = variants = base
+            mode = STORE_PLAIN
+            marker: list[bytes] = []
+            vhash = ""
+        else:
+            vhash = keys.variant_hash(names, values or [None] * len(names))
+            entry_key = keys.variant_key(base, vhash)
+            variants = keys.variants_key(base)
+            if found_names == names:
+                mode, marker = STORE_VARY_KEEP_MARKER, []
+            else:
+                mode = STORE_VARY_NEW_MARKER
+                marker = _flat(entry_codec.encode_marker(VaryMarker(names)))
+        lock = keys.lock_key(base, fill.variant) if fill is not None else base
+        if host is not None and path is not None:
+            lex, exp = keys.prefix_keys(self.namespace, gen, host)
+            hosts = keys.hosts_key(self.namespace, gen)
+            host_arg = host
+            member = keys.path_member(path, uhash)
+        else:
+            lex = exp = hosts = base
+            host_arg = member = b""
+        flat = _flat(fields)
+        await self._store_script(
+            keys=[
+                base,
+                entry_key,
+                variants,
+                lock,
+                lex,
+                exp,
+                hosts,
+                *(keys.tag_key(self.namespace, gen, tag) for tag in tags),
+            ],
+            args=[
+                ttl_ms,
+                now_ms,
+                expiry_ms,
+                mode,
+                vhash,
+                "" if fill is None else fill.token,
+                host_arg,
+                member,
+                PRUNE_BATCH,
+                len(flat),
+                *flat,
+                *marker,
+            ],
+        )
 
     async def _index(
         self,
@@ -447,26 +679,40 @@ class RedisCache:
         expiry_ms: int,
         ttl_ms: int,
     ) -> None:
-        """Queue the index updates for a stored entry: tag sets, the host's path index."""
+        """Queue the index updates for a stored entry (on a cluster, where they cannot join
+        the entry's script): one script per index key's slot, for each tag set, the host's
+        path index (both its keys share a slot) and the set of hosts."""
+        indexed = _text(entry_key)
         for tag in tags:
             tkey = keys.tag_key(self.namespace, gen, tag)
-            pipe.zadd(tkey, {entry_key: expiry_ms})
-            pipe.zremrangebyscore(tkey, "-inf", now_ms)  # prune members that expired
-            _grow(pipe, tkey, ttl_ms)
+            await self._queue_script(
+                pipe, self._index_script, [tkey], ["t", ttl_ms, now_ms, expiry_ms, indexed, 0]
+            )
         if host is None or path is None:
             return
         lex, exp = keys.prefix_keys(self.namespace, gen, host)
         member = keys.path_member(path, uhash)
-        pipe.zadd(lex, {member: 0})
-        pipe.zadd(exp, {member: expiry_ms})
-        await self._prune_script(keys=[lex, exp], args=[now_ms, PRUNE_BATCH], client=pipe)
-        _grow(pipe, lex, ttl_ms)
-        _grow(pipe, exp, ttl_ms)
+        await self._queue_script(
+            pipe,
+            self._index_script,
+            [lex, exp],
+            ["p", ttl_ms, now_ms, expiry_ms, member, PRUNE_BATCH],
+        )
         hkey = keys.hosts_key(self.namespace, gen)
-        pipe.zadd(hkey, {host: expiry_ms}, gt=True)
-        pipe.zadd(hkey, {host: expiry_ms}, nx=True)
-        pipe.zremrangebyscore(hkey, "-inf", now_ms)
-        _grow(pipe, hkey, ttl_ms)
+        await self._queue_script(
+            pipe, self._index_script, [hkey], ["h", ttl_ms, now_ms, expiry_ms, host, 0]
+        )
+
+    async def _queue_script(
+        self, pipe: Any, script: Any, script_keys: list[str], args: list[Any]
+    ) -> None:
+        """Queue a script in a pipeline: EVALSHA on one Redis; EVAL (with the script's text)
+        on a cluster, whose pipelines refuse EVALSHA and whose nodes (a replica promoted
+        after a failover among them) may not have the script loaded."""
+        if self._cluster:
+            pipe.eval(script.script, len(script_keys), *script_keys, *args)
+        else:
+            await script(keys=script_keys, args=args, client=pipe)
 
     # -- fill locks ---------------------------------------------------------------------
 
@@ -502,6 +748,9 @@ class RedisCache:
         """
         fields = entry_codec.encode(entry)
         del fields[entry_codec.F_BODY]
+        if self._cluster:  # a script, not redis-py's threaded cluster MULTI (one key, one slot)
+            await self._client.eval(REFRESH_SCRIPT, 1, key, max(1, int(ttl * 1000)), *_flat(fields))
+            return
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
             pipe.pexpire(key, max(1, int(ttl * 1000)))
@@ -514,16 +763,19 @@ class RedisCache:
         self._generation_checked_at = time.monotonic()
         return self._generation
 
+    @_admin
     async def purge_url(self, url: str, *, method: str = "GET") -> int:
         """Remove every stored variant of an absolute URL; return how many entries went."""
         removed = await self.purge_hashes([self.hash_for_url(url, method)])
         await self._notify(PurgeEvent("url", (url,), removed))
         return removed
 
+    @_admin
     async def purge_hash(self, uhash: str) -> int:
         """Remove every stored variant of the URL with this hash; return how many went."""
         return await self.purge_hashes([uhash])
 
+    @_admin
     async def purge_hashes(self, uhashes: Sequence[str]) -> int:
         """Remove every stored variant of the URLs with these hashes; return how many went."""
         if not uhashes:
@@ -535,31 +787,46 @@ class RedisCache:
                 pipe.hexists(base, entry_codec.F_STATUS)
                 pipe.smembers(keys.variants_key(base))
             replies = await pipe.execute(raise_on_error=False)
-        doomed: list[str] = []
-        counted: list[bool] = []
+        # The keys of one URL share a slot (its hash tag): two UNLINKs per URL, one for the
+        # entries (counted) and one for the marker and variant set (not counted).
+        groups: list[list[str]] = []
         for i, base in enumerate(bases):
             is_entry, members = replies[2 * i], replies[2 * i + 1]
-            doomed += [base, keys.variants_key(base)]
-            counted += [is_entry is True or is_entry == 1, False]
+            entry = is_entry is True or is_entry == 1
+            entries = [base] if entry else []
             if isinstance(members, (set, list)):
-                for m in members:
-                    doomed.append(keys.variant_key(base, _text(m)))
-                    counted.append(True)
-        removed = await self._unlink(doomed)
+                entries += [keys.variant_key(base, _text(m)) for m in members]
+            groups.append(entries)
+            groups.append([keys.variants_key(base)] + ([] if entry else [base]))
+        removed = await self._unlink(groups)
         for h in uhashes:
             self._remember_vary(h, None)
-        total = sum(int(r) for r, c in zip(removed, counted, strict=True) if c)
+            self._stored_until.pop(h, None)
+        total = sum(removed[0::2])
         self.stats.purged += total
         return total
 
-    async def _unlink(self, doomed: Sequence[str]) -> list[int]:
-        if not doomed:
-            return []
-        async with self._client.pipeline(transaction=False) as pipe:
-            for key in doomed:
-                pipe.unlink(key)
-            return [int(r) for r in await pipe.execute()]
+    async def _unlink(self, groups: Sequence[Sequence[str]]) -> list[int]:
+        """UNLINK groups of keys, each group in one slot; return how many went per group.
 
+        Each group is one multi-key UNLINK (at most ``UNLINK_BATCH`` keys a command), all in
+        one non-transactional pipeline, which a cluster client splits by node.
+        """
+        counts = [0] * len(groups)
+        if not any(groups):
+            return counts
+        owners: list[int] = []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for i, group in enumerate(groups):
+                for start in range(0, len(group), UNLINK_BATCH):
+                    # execute_command: the cluster pipeline's ``unlink`` refuses several keys.
+                    pipe.execute_command("UNLINK", *group[start : start + UNLINK_BATCH])
+                    owners.append(i)
+            for i, reply in zip(owners, await pipe.execute(), strict=True):
+                counts[i] += int(reply)
+        return counts
+
+    @_admin
     async def purge_tag(self, *tags: str) -> int:
         """Remove every entry that carries any of the tags; return how many went."""
         gen = await self._current_generation()
@@ -570,7 +837,7 @@ class RedisCache:
                 pipe.zrangebyscore(tkey, now_ms, "+inf")
             replies = await pipe.execute()
         members = sorted({_text(m) for reply in replies for m in reply})
-        removed = await self._unlink(members)
+        removed = await self._unlink(_by_slot(members))
         # Remove only what was read: an entry tagged meanwhile stays findable.
         async with self._client.pipeline(transaction=False) as pipe:
             for tkey, reply in zip(tkeys, replies, strict=True):
@@ -582,6 +849,7 @@ class RedisCache:
         await self._notify(PurgeEvent("tag", tuple(tags), total))
         return total
 
+    @_admin
     async def purge_prefix(self, path_prefix: str, *, host: str | None = None) -> int:
         """Remove every entry whose path is under a path-segment prefix; return how many.
 
@@ -630,6 +898,7 @@ class RedisCache:
         )
         return total
 
+    @_admin
     async def clear(self) -> None:
         """Forget everything in the namespace at once (O(1)): old keys are never read again,
         and Redis expires them by their TTLs.
@@ -641,6 +910,7 @@ class RedisCache:
         self._generation = int(await self._client.incr(self._generation_key))
         self._generation_checked_at = time.monotonic()
         self._vary_names.clear()
+        self._stored_until.clear()
         await self._notify(PurgeEvent("clear", (), None))
 
     async def _notify(self, event: PurgeEvent) -> None:
@@ -656,6 +926,7 @@ class RedisCache:
 
     # -- inspection -----------------------------------------------------------------------
 
+    @_admin
     async def inspect_url(self, url: str, *, method: str = "GET") -> list[EntryInfo]:
         """Return what is stored for an absolute URL: one ``EntryInfo`` per variant."""
         uhash = self.hash_for_url(url, method)
@@ -685,6 +956,7 @@ class RedisCache:
                 infos.append(_info(vkey, variant, replies[2 * i + 1], decoded.names, now))
         return infos
 
+    @_admin
     async def scan_stats(self, *, sample: int = 1000) -> NamespaceStats:
         """Return how many entries the namespace holds and about how many bytes (SCAN).
 
@@ -732,20 +1004,43 @@ class RedisCache:
         )
 
 
-#: Lua: drop up to ARGV[2] members of a host's path index whose expiry (KEYS[2]) has passed.
-PRUNE_SCRIPT = """
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #gone > 0 then
-  redis.call('ZREM', KEYS[1], unpack(gone))
-  redis.call('ZREM', KEYS[2], unpack(gone))
+#: Lua (cluster only, one script per slot): add a stored entry to one index and prune it.
+#: KEYS: a tag set (ARGV[1] 't'), a host's path index and its expiry companion ('p'), or the
+#: set of hosts ('h'); ARGV: kind, ttl ms, now ms, expiry ms, member, prune batch.
+INDEX_SCRIPT = """
+local kind, ttl, now, expiry, member = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local function grow(k)
+  redis.call('PEXPIRE', k, ttl, 'NX')
+  redis.call('PEXPIRE', k, ttl, 'GT')
 end
-return #gone
+if kind == 't' then
+  redis.call('ZADD', KEYS[1], expiry, member)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+elseif kind == 'p' then
+  redis.call('ZADD', KEYS[1], 0, member)
+  redis.call('ZADD', KEYS[2], expiry, member)
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
+  if #gone > 0 then
+    redis.call('ZREM', KEYS[1], unpack(gone))
+    redis.call('ZREM', KEYS[2], unpack(gone))
+  end
+  grow(KEYS[2])
+else
+  redis.call('ZADD', KEYS[1], 'GT', expiry, member)
+  redis.call('ZADD', KEYS[1], 'NX', expiry, member)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+end
+grow(KEYS[1])
+return 1
 """
 PRUNE_BATCH = 100
 
 #: Lua: hit-for-pass wins (-1); else take the lock with NX PX (1); else it is held (0).
+#: Our locks always expire: a lock key without a TTL holds something else, and is dropped
+#: (else every miss of the URL would wait coalesce_timeout for a fill that never comes).
 ACQUIRE_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('PTTL', KEYS[1]) == -1 then redis.call('DEL', KEYS[1]) end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
@@ -756,6 +1051,88 @@ if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
 return 1
 """
 ACQUIRED, HELD, PASS = 1, 0, -1
+#: Lua: a miss's lookup and fill lock in one round trip. The URL's hash if it holds anything
+#: (an entry, a Vary marker or garbage); else ACQUIRE_SCRIPT's answer for the lock.
+LOOKUP_SCRIPT = """
+local found = redis.call('HGETALL', KEYS[1])
+if #found > 0 then return found end
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if redis.call('PTTL', KEYS[2]) == -1 then redis.call('DEL', KEYS[2]) end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
+#: ``store`` on a single Redis, as one script (a cluster spreads the indexes over slots and
+#: writes them in a pipeline instead). KEYS: the URL's key, the entry's key (the URL's key
+#: again without Vary), the variants set, the fill lock, the host's two path indexes and the
+#: hosts index (the URL's key when unindexed), then one key per tag. ARGV: ttl ms, now ms,
+#: expiry ms, mode (STORE_*), variant hash, lock token ('' for none), host ('' for none),
+#: path member, prune batch, the number of entry field/value items, those items, then the
+#: Vary marker's items (mode 2). Same commands, same order, as the cluster path.
+STORE_SCRIPT = """
+-- Redis refuses a script's writes for OOM (maxmemory + noeviction) only until its first
+-- write: a DEL first would let every later write through. This no-op SETRANGE (an absent
+-- key, an empty value: nothing is written) is a deny-oom write, so a full Redis refuses it.
+redis.call('SETRANGE', KEYS[1] .. ':oom', 0, '')
+local ttl, now, expiry, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local nf = tonumber(ARGV[10])
+local function grow(k)
+  redis.call('PEXPIRE', k, ttl, 'NX')
+  redis.call('PEXPIRE', k, ttl, 'GT')
+end
+local function put(k, first, last)
+  redis.call('DEL', k)
+  redis.call('HSET', k, unpack(ARGV, first, last))
+  redis.call('PEXPIRE', k, ttl)
+end
+if mode == '0' then
+  put(KEYS[1], 11, 10 + nf)
+else
+  if mode == '1' then
+    redis.call('PEXPIRE', KEYS[1], ttl, 'GT')
+  else
+    put(KEYS[1], 11 + nf, #ARGV)
+  end
+  put(KEYS[2], 11, 10 + nf)
+  redis.call('SADD', KEYS[3], ARGV[5])
+  grow(KEYS[3])
+end
+if ARGV[6] ~= '' and redis.call('GET', KEYS[4]) == ARGV[6] then
+  redis.call('DEL', KEYS[4])
+end
+for i = 8, #KEYS do
+  redis.call('ZADD', KEYS[i], expiry, KEYS[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  grow(KEYS[i])
+end
+if ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[5], 0, ARGV[8])
+  redis.call('ZADD', KEYS[6], expiry, ARGV[8])
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, tonumber(ARGV[9]))
+  if #gone > 0 then
+    redis.call('ZREM', KEYS[5], unpack(gone))
+    redis.call('ZREM', KEYS[6], unpack(gone))
+  end
+  grow(KEYS[5])
+  grow(KEYS[6])
+  redis.call('ZADD', KEYS[7], 'GT', expiry, ARGV[7])
+  redis.call('ZADD', KEYS[7], 'NX', expiry, ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
+  grow(KEYS[7])
+end
+return 1
+"""
+STORE_PLAIN, STORE_VARY_KEEP_MARKER, STORE_VARY_NEW_MARKER = 0, 1, 2
+
+
+_TOKEN_PREFIX = secrets.token_hex(6)
+_TOKEN_COUNTER = itertools.count()
+
+
+def new_token() -> str:
+    """Return a fill lock token no other request, process or host uses: a random prefix
+    drawn at import, the process id (forked workers share the prefix) and a counter."""
+    return f"{_TOKEN_PREFIX}.{os.getpid():x}.{next(_TOKEN_COUNTER):x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -822,12 +1199,17 @@ def _info(key: str, entry: CachedEntry, pttl: Any, names: tuple[str, ...], now: 
     )
 
 
-def _grow(pipe: Any, key: str, ttl_ms: int, *, sadd: str | None = None) -> None:
-    """Queue commands that give ``key`` at least ``ttl_ms`` to live, never less than it has."""
-    if sadd is not None:
-        pipe.sadd(key, sadd)
-    pipe.pexpire(key, ttl_ms, nx=True)
-    pipe.pexpire(key, ttl_ms, gt=True)
+def _flat(mapping: dict[bytes, bytes]) -> list[bytes]:
+    """A mapping as the flat field, value, field, value list HSET takes."""
+    return [item for pair in mapping.items() for item in pair]
+
+
+def _garbage_or_raise(error: ResponseError) -> ResponseError:
+    """Return a WRONGTYPE error (garbage at our key: a miss); raise any other (NOPERM, OOM,
+    LOADING...): Redis refused the read, which is not the same as finding nothing."""
+    if "WRONGTYPE" in str(error):
+        return error
+    raise error
 
 
 def _text(value: Any) -> str:
@@ -853,6 +1235,125 @@ def _decode_reply(reply: Any) -> CachedEntry | VaryMarker | None:
     if isinstance(reply, list) and reply:  # RESP2 parsers without the callback: flat pairs
         return entry_codec.decode(dict(zip(reply[::2], reply[1::2], strict=False)))
     return None
+
+
+#: Lua (cluster only): a 304's refresh, HSET then PEXPIRE as one step.
+REFRESH_SCRIPT = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+#: Most keys one UNLINK command names.
+UNLINK_BATCH = 256
+
+
+def _by_slot(names: Sequence[str]) -> list[list[str]]:
+    """Group key names by Redis Cluster hash slot (so a multi-key command stays in one)."""
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(key_slot(name.encode()), []).append(name)
+    return list(groups.values())
+
+
+#: URL schemes of ``from_url`` that make a cluster client, and a Sentinel-made one.
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+def _split_hosts(url: str) -> tuple[list[tuple[str, int]], str | None, str | None, str, bool]:
+    """Parse ``scheme://[user:password@]host:port[,host:port...][/path]``.
+
+    Returns the hosts, user, password, path and whether TLS was asked for; raises
+    ``ValueError`` saying what is wrong.
+    """
+    from urllib.parse import unquote
+
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"expected scheme://host:port, got {url!r}")
+    if "?" in rest or "#" in rest:
+        raise ValueError(
+            f"{scheme}:// URLs take no query string or fragment; pass options as keywords"
+        )
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    user: str | None = None
+    password: str | None = None
+    if at:
+        name, colon, secret = userinfo.partition(":")
+        user = unquote(name) or None
+        password = unquote(secret) if colon else None
+    hosts: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        item = item.strip()
+        if item.startswith("["):  # [IPv6]:port
+            host, close, tail = item[1:].partition("]")
+            if not close:
+                raise ValueError(f"unclosed '[' in host {item!r}")
+            port_text = tail[1:] if tail.startswith(":") else tail
+        else:
+            host, _, port_text = item.partition(":")
+        if not host:
+            raise ValueError(f"empty host in {url!r}")
+        try:
+            port = int(port_text) if port_text else 6379
+        except ValueError:
+            raise ValueError(f"bad port {port_text!r} for host {host!r}") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} of host {host!r} is out of range")
+        hosts.append((host, port))
+    return hosts, user, password, path if slash else "", scheme.lower().startswith("rediss")
+
+
+def _cluster_client(url: str, options: dict[str, Any]) -> AnyRedis:
+    """Build a ``RedisCluster`` from a ``redis+cluster://`` URL (see ``from_url``)."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    hosts, user, password, path, tls = _split_hosts(url)
+    if path.strip("/") not in ("", "0"):
+        raise ValueError(f"a cluster has only database 0, got path /{path}")
+    kwargs = dict(options)
+    if user is not None:
+        kwargs.setdefault("username", user)
+    if password is not None:
+        kwargs.setdefault("password", password)
+    if tls:
+        kwargs.setdefault("ssl", True)
+    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs)
+
+
+def _sentinel_client(url: str, options: dict[str, Any]) -> tuple[AnyRedis, list[Any]]:
+    """Build a master client from a ``redis+sentinel://`` URL (see ``from_url``); also
+    return the sentinel clients, which the cache closes with it."""
+    from redis.asyncio.sentinel import Sentinel
+
+    hosts, user, password, path, tls = _split_hosts(url)
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise ValueError(f"expected /service_name[/db] after the sentinels, got /{path}")
+    service = parts[0]
+    db = 0
+    if len(parts) == 2:
+        try:
+            db = int(parts[1])
+        except ValueError:
+            raise ValueError(f"bad database number {parts[1]!r}") from None
+    kwargs = dict(options)
+    sentinel_kwargs = kwargs.pop("sentinel_kwargs", None) or {
+        key: kwargs[key]
+        for key in ("socket_timeout", "socket_connect_timeout", "retry")
+        if key in kwargs
+    }
+    kwargs["db"] = db
+    if user is not None:
+        kwargs.setdefault("username", user)
+    if password is not None:
+        kwargs.setdefault("password", password)
+    if tls:
+        kwargs.setdefault("ssl", True)
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(service, redis_class=Redis), list(sentinel.sentinels)
 
 
 def _is_cluster(client: Any) -> bool:

@@ -169,7 +169,8 @@ async def _run(args: argparse.Namespace, output: Output) -> int:
         )
         return EXIT_USAGE
     try:
-        cache = RedisCache.from_url(args.redis_url, namespace=args.namespace)
+        # A command line can afford a socket timeout on every command.
+        cache = RedisCache.from_url(args.redis_url, namespace=args.namespace, socket_timeout=2.0)
     except ConfigError as exc:
         print(
             f"error: --redis-url: malformed URL {shown_url!r}: {str(exc).removeprefix('url: ')}",
@@ -183,7 +184,7 @@ async def _run(args: argparse.Namespace, output: Output) -> int:
             _show_entries(args.url, await cache.inspect_url(args.url), output)
         else:
             _show_stats(cache.namespace, await cache.scan_stats(sample=args.sample), output)
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as exc:
         print(f"error: cannot reach Redis at {shown_url}: {_reason(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except RedisError as exc:

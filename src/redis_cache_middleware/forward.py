@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from redis.exceptions import ResponseError
+
 from . import policy
 from ._types import Message, RawHeaders, Receive, Scope, Send
 from .cache import FillLock, Lookup, RedisCache
@@ -76,7 +78,12 @@ async def guarded(
         async with bounded(timeout):
             result = await call()
     except Exception as exc:
-        breaker.failure()
+        if isinstance(exc, ResponseError):
+            # Redis answered, with an error (OOM under noeviction, WRONGTYPE, READONLY):
+            # not an outage, so the breaker must not stop the reads that still work.
+            breaker.success()
+        else:
+            breaker.failure()
         cache.stats.redis_error += 1
         warn(kind, f"redis-cache {kind} failed, carrying on without the cache", exc)
         return SKIPPED
@@ -99,6 +106,7 @@ class Request:
         "method",
         "path",
         "pragma",
+        "prefill",
         "scheme",
         "started",
         "uhash",
@@ -119,9 +127,13 @@ class Request:
         self.bypass_value: bytes | None = None
         self.uhash: str = ""
         self.found: Lookup | None = None
+        #: The fill lock this request's own lookup tried, and how that went (ACQUIRED,
+        #: HELD or PASS); None when the lookup did not try one.
+        self.prefill: tuple[FillLock, int] | None = None
+        hosts: list[bytes] = []
         for key, value in self.headers:
             if key == b"host":
-                self.host = value
+                hosts.append(value)
             elif key == b"cache-control":
                 self.cache_control.append(value)
             elif key == b"pragma":
@@ -134,6 +146,10 @@ class Request:
                 self.if_modified_since = value
             elif key == bypass_header:
                 self.bypass_value = value
+        # Several Host lines (RFC 9112 3.2 says to refuse them; not every server does) are
+        # keyed all together, a host no one-Host request has: whichever one the app reads,
+        # its answer can never be served to a request naming a single host.
+        self.host = hosts[0] if len(hosts) == 1 else b"\x00".join(hosts)
 
     @property
     def host_key(self) -> bytes:
@@ -347,8 +363,14 @@ class Forward:
         )
         if decision.store and message.get("trailers"):
             decision = policy.refuse("trailers")
-        if decision.store and _declared_length(self.headers) > config.max_body_size:
+        # max_body_size bounds a whole entry: the headers count towards it with the body.
+        header_bytes = sum(len(k) + len(v) for k, v in self.headers)
+        if decision.store and (
+            header_bytes > config.max_body_size
+            or _declared_length(self.headers) > config.max_body_size - header_bytes
+        ):
             decision = policy.refuse("too-large")
+        self.size = header_bytes
         self.decision = decision
         if not decision.store:
             self.middleware.cache.stats.not_stored[decision.reason] += 1
@@ -628,10 +650,7 @@ class Invalidate:
         scope = self.scope
         cache = self.middleware.cache
         scheme = scope.get("scheme", "http")
-        host = b""
-        for key, value in scope["headers"]:
-            if key == b"host":
-                host = value
+        host = b"\x00".join(v for k, v in scope["headers"] if k == b"host")  # as Request does
         uhashes = [cache.url_hash(scheme, host, scope["path"], scope.get("query_string", b""))]
         for key, value in response_headers:
             if bytes(key).lower() in (b"location", b"content-location"):

@@ -90,8 +90,27 @@ def url_hash(
     query: list[tuple[str, str]],
 ) -> str:
     """Return the hash that names a URL's keys."""
-    packed = msgpack.packb([method_class, scheme, host, path, query], use_bin_type=True)
+    try:
+        packed = msgpack.packb([method_class, scheme, host, path, query], use_bin_type=True)
+    except UnicodeEncodeError:
+        # Lone surrogates (a raw ASGI path no conforming server sends): keyed by their
+        # escaped bytes, in a shape (six items) no well-formed URL packs to.
+        packed = msgpack.packb(
+            [
+                "surrogates",
+                method_class,
+                scheme,
+                host,
+                _escaped(path),
+                [(_escaped(k), _escaped(v)) for k, v in query],
+            ],
+            use_bin_type=True,
+        )
     return _digest(packed)
+
+
+def _escaped(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
 
 
 def variant_hash(names: Sequence[str], values: Sequence[bytes | None]) -> str:

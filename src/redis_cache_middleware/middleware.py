@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import secrets
 import sys
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -32,7 +31,7 @@ from collections.abc import Collection, Mapping, Sequence
 from . import policy
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .background import BackgroundTasks
-from .cache import ACQUIRED, PASS, FillLock, Lookup, RedisCache
+from .cache import ACQUIRED, PASS, FillLock, Lookup, RedisCache, new_token
 from .config import (
     DEFAULT_CACHE_NAME,
     DEFAULT_COALESCE_TIMEOUT,
@@ -216,7 +215,12 @@ class CacheMiddleware:
             ).run(scope, receive, send)
             return
         request.started = time.perf_counter()
-        found = await self._lookup(request)
+        fill = (
+            FillLock(variant="", token=new_token())
+            if config.coalesce and method == "GET" and not directives.only_if_cached
+            else None
+        )
+        found = await self._lookup(request, fill)
         if found is None:
             await Forward(self, request, fwd="miss", detail="redis-error", store=False).run(
                 scope, receive, send
@@ -274,12 +278,16 @@ class CacheMiddleware:
             return True
         return hmac.compare_digest(value.strip(), token.encode())
 
-    async def _lookup(self, request: Request) -> Lookup | None:
+    async def _lookup(self, request: Request, fill: FillLock | None = None) -> Lookup | None:
         """Look the request up, bounded by the timeout; None when Redis failed.
 
         Concurrent lookups of one key in this process share one Redis call (a burst for a
         hot URL costs one round trip, not one per request); a shared result is used only
         where it cannot depend on this request's own headers.
+
+        With ``fill``, a miss also tries the URL's fill lock in the same round trip; the
+        outcome goes to ``request.prefill``, for this request only (a shared result never
+        hands the lock to another request).
         """
         cache = self.cache
         guess = cache.remembered_vary(request.uhash) or self._vary_guess
@@ -299,9 +307,17 @@ class CacheMiddleware:
                 cache,
                 self.config.timeout,
                 "lookup",
-                lambda: cache.lookup(request.uhash, request.values_for, guess),
+                lambda: cache.lookup(
+                    request.uhash,
+                    request.values_for,
+                    guess,
+                    fill=fill,
+                    fill_ttl=self.config.coalesce_timeout,
+                ),
             )
             found = None if isinstance(result, Skipped) else result
+            if found is not None and fill is not None and found.lock is not None:
+                request.prefill = (fill, found.lock)
         finally:
             del self._lookups[key]
             future.set_result(found)
@@ -358,6 +374,9 @@ class CacheMiddleware:
         if not config.coalesce or request.method != "GET":
             await self._forward(request, fwd, default_ttl, stale).run(scope, receive, send)
             return
+        # A lock the lookup took is this request's to fill under, or to give back.
+        pre, request.prefill = request.prefill, None
+        owned = pre[0] if pre is not None and pre[1] == ACQUIRED else None
         variant = self._fill_variant(request)
         key = f"{request.uhash}:{variant}"
         deadline = time.monotonic() + config.coalesce_timeout
@@ -372,10 +391,13 @@ class CacheMiddleware:
                 except TimeoutError:
                     pass
             if outcome == "stored" and await self._serve_filled(request, send, fwd):
+                if owned is not None:
+                    await self._release_lock(request, owned)
                 return
             if outcome != "error":
                 # Not storable, timed out, or not our variant: no more waiting.
-                await self._forward(request, fwd, default_ttl, stale).run(scope, receive, send)
+                forward = self._forward(request, fwd, default_ttl, stale, fill=owned)
+                await forward.run(scope, receive, send)
                 return
             # The fill failed: try to become the next filler.
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -383,7 +405,7 @@ class CacheMiddleware:
         outcome = "error"
         try:
             outcome = await self._fill_or_wait(
-                scope, receive, send, request, fwd, default_ttl, stale, variant, deadline
+                scope, receive, send, request, fwd, default_ttl, stale, variant, deadline, pre
             )
         finally:
             del self._inflight[key]
@@ -400,16 +422,28 @@ class CacheMiddleware:
         stale: CachedEntry | None,
         variant: str,
         deadline: float,
+        pre: tuple[FillLock, int] | None = None,
     ) -> str:
         """Fill the entry under the Redis lock, or wait for the process that holds it.
 
+        ``pre`` is the lock the lookup already tried for this variant, and how that went.
         Return the outcome for this process's waiters: ``stored``, ``refused`` (not
         storable), ``error`` (the app failed) or ``timeout``.
         """
-        fill = FillLock(variant=variant, token=secrets.token_hex(8))
+        first: int | None = None
+        if pre is not None and pre[0].variant == variant:
+            fill, first = pre
+        else:
+            if pre is not None and pre[1] == ACQUIRED:  # another variant's lock: give it back
+                await self._release_lock(request, pre[0])
+            fill = FillLock(variant=variant, token=new_token())
         delay = POLL_FIRST
         while True:
-            state = await self._acquire(request, fill)
+            state: int | None
+            if first is not None:
+                state, first = first, None
+            else:
+                state = await self._acquire(request, fill)
             if state is None or state in (ACQUIRED, PASS):
                 # The filler; or Redis failed, or the URL is known not to be storable
                 # (hit-for-pass): no queueing either way.
@@ -441,6 +475,18 @@ class CacheMiddleware:
             ),
         )
         return None if isinstance(result, Skipped) else result
+
+    async def _release_lock(self, request: Request, fill: FillLock) -> None:
+        """Give back a fill lock this request took but did not fill under."""
+        found = request.found
+        cache = self.cache
+        generation = found.generation if found is not None else cache.generation
+        await guarded(
+            cache,
+            self.config.timeout,
+            "lock release",
+            lambda: cache.release_fill(request.uhash, fill, generation),
+        )
 
     async def _serve_filled(self, request: Request, send: Send, fwd: str) -> bool:
         """Serve the entry another request just filled, if it is there and usable."""
@@ -478,7 +524,7 @@ class CacheMiddleware:
     ) -> None:
         """Refresh a stale entry once across every process: only the fill lock's owner runs
         the app; a failure leaves the stale entry in place."""
-        fill = FillLock(variant=self._fill_variant(request), token=secrets.token_hex(8))
+        fill = FillLock(variant=self._fill_variant(request), token=new_token())
         if await self._acquire(request, fill) != ACQUIRED:
             return
         revalidate = entry if has_validators(entry) else None
@@ -495,7 +541,10 @@ class CacheMiddleware:
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":
+                # Connect (and on a cluster, learn the slot map) before the first request.
+                await self.cache.warm_up()
+            elif message["type"] == "lifespan.shutdown":
                 # Let refreshes in flight finish (or cancel them) before the app shuts down.
                 await self.background.drain(self.config.shutdown_timeout)
             return message

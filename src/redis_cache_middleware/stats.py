@@ -26,6 +26,8 @@ class CacheStats:
     redis_error: int = 0
     #: Redis calls the circuit breaker skipped while open.
     breaker_skipped: int = 0
+    #: Circuit breaker state changes, by ``"old->new"`` (e.g. ``"closed->open"``).
+    breaker_transitions: Counter[str] = field(default_factory=Counter)
     purged: int = 0
     #: Misses answered by another request's fill (request coalescing).
     collapsed: int = 0
@@ -44,6 +46,7 @@ class CacheStats:
             "not_stored": dict(self.not_stored),
             "redis_error": self.redis_error,
             "breaker_skipped": self.breaker_skipped,
+            "breaker_transitions": dict(self.breaker_transitions),
             "purged": self.purged,
             "collapsed": self.collapsed,
             "invalidated": self.invalidated,

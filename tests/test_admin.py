@@ -1,0 +1,110 @@
+"""Admin calls and start-up: bounded without a socket timeout, warm before the first request."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from redis_cache_middleware import CacheMiddleware, RedisCache
+from redis_cache_middleware.exceptions import ConfigError
+
+from .conftest import RedisServer, free_port
+from .tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def proxy(redis_server: RedisServer) -> AsyncIterator[TcpProxy]:
+    port = redis_server.port or int(redis_server.url.rsplit(":", 1)[1].split("/")[0])
+    async with TcpProxy(port) as p:
+        yield p
+
+
+def test_from_url_has_no_socket_timeout_by_default_and_still_checks_one() -> None:
+    cache = RedisCache.from_url("redis://127.0.0.1:1/0")
+    kwargs = cache.client.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] is None
+    assert kwargs["socket_connect_timeout"] == 0.5
+    assert cache.admin_timeout == 5.0
+    bounded = RedisCache.from_url("redis://127.0.0.1:1/0", socket_timeout=0.25)
+    assert bounded.client.connection_pool.connection_kwargs["socket_timeout"] == 0.25
+    for bad in (0, -1, float("nan"), True, "1"):
+        with pytest.raises(ConfigError, match="socket_timeout"):
+            RedisCache.from_url("redis://127.0.0.1:1/0", socket_timeout=bad)
+    for bad in (0, -1, float("inf"), True, "1"):
+        with pytest.raises(ConfigError, match="admin_timeout"):
+            RedisCache.from_url("redis://127.0.0.1:1/0", admin_timeout=bad)
+
+
+async def test_admin_calls_are_bounded_on_a_blackholed_redis(proxy: TcpProxy) -> None:
+    # No socket timeout: without admin_timeout a purge would wait for ever.
+    async with RedisCache.from_url(
+        f"redis://127.0.0.1:{proxy.port}/0", namespace="adm", admin_timeout=0.3
+    ) as cache:
+        assert await cache.warm_up()  # connected while the proxy still passes bytes
+        proxy.mode = "blackhole"
+        calls: list[Any] = [
+            lambda: cache.purge_url("http://example.com/a"),
+            lambda: cache.purge_tag("t"),
+            lambda: cache.purge_prefix("/a", host="example.com"),
+            lambda: cache.inspect_url("http://example.com/a"),
+            lambda: cache.scan_stats(),
+            lambda: cache.clear(),
+        ]
+        for call in calls:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await call()
+            assert time.monotonic() - started < 0.3 + 0.5
+
+
+async def test_warm_up_reads_the_generation_and_reports_a_dead_redis(
+    redis_client: Any, namespace: str
+) -> None:
+    cache = RedisCache(redis_client, namespace=namespace)
+    await redis_client.set(f"{namespace}:gen", 7)
+    assert await cache.warm_up()
+    assert cache.generation == 7
+    dead = RedisCache.from_url(f"redis://127.0.0.1:{free_port()}/0", namespace=namespace)
+    started = time.monotonic()
+    assert not await dead.warm_up(timeout=0.5)
+    assert time.monotonic() - started < 1.5
+    await dead.aclose()
+
+
+async def test_lifespan_startup_warms_the_cache_up(redis_client: Any, namespace: str) -> None:
+    await redis_client.set(f"{namespace}:gen", 3)
+    cache = RedisCache(redis_client, namespace=namespace)
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] == "lifespan.startup":
+                # The middleware warmed up before the app saw startup.
+                assert cache.generation == 3
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def receive() -> Any:
+        return next(messages)
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    middleware = CacheMiddleware(app, cache=cache)
+    await middleware({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert seen == ["lifespan.startup", "lifespan.shutdown"]
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
