@@ -1,0 +1,805 @@
+"""Hostile input: cache poisoning, privacy between users, namespace isolation, the purge
+endpoint's authentication, bounds, and connections over TLS and with an ACL user.
+
+docs/security.md states each claim and names the test here that shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import shutil
+import ssl
+import subprocess
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import redis.asyncio
+from redis.asyncio.connection import SSLConnection
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from redis_cache_middleware import CacheMiddleware, ConfigError, RedisCache
+from redis_cache_middleware._types import Message
+
+from .conftest import RedisServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+SITE = "shop.example"
+EVIL = "evil.example"
+
+
+# -- an origin that can reflect request data, and a client for it -------------------------
+
+
+@dataclass
+class Origin:
+    """Answers every path with ``render(request)``, ``headers`` added; counts calls."""
+
+    render: Callable[[Request], str] = lambda r: f"{r.method} {r.url.path} "
+    headers: list[tuple[str, str]] | None = None
+    calls: Counter[str] = field(default_factory=Counter)
+
+    async def respond(self, request: Request) -> Response:
+        self.calls[request.url.path] += 1
+        body = self.render(request) + f" call={self.calls[request.url.path]}"
+        response = Response(body.encode(), media_type="text/plain")
+        for name, value in self.headers if self.headers is not None else [("x-o", "1")]:
+            response.headers.append(name, value)
+        return response
+
+
+def app_for(origin: Origin) -> Starlette:
+    methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PURGE"]
+    return Starlette(routes=[Route("/{path:path}", origin.respond, methods=methods)])
+
+
+def client_for(cache: RedisCache, origin: Origin, **options: Any) -> httpx.AsyncClient:
+    app = app_for(origin)
+    # A full second for Redis (not the 100 ms default): these tests are not about timeouts.
+    app.add_middleware(
+        CacheMiddleware, cache=cache, **{"default_ttl": 60, "timeout": 1.0, **options}
+    )
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{SITE}")
+
+
+def status_of(response: httpx.Response) -> str:
+    return str(response.headers.get("cache-status", ""))
+
+
+def is_hit(response: httpx.Response) -> bool:
+    return "; hit" in status_of(response)
+
+
+async def namespace_keys(client: Any, namespace: str) -> list[bytes]:
+    return [key async for key in client.scan_iter(match=f"{namespace}:*", count=1000)]
+
+
+# -- cache poisoning: unkeyed headers ------------------------------------------------------
+
+#: Headers that proxies and frameworks use to rewrite the URL, host, scheme or method, with
+#: the URL an attacker would like the response to be stored under if the cache listened.
+UNKEYED = [
+    ("x-forwarded-host", EVIL, f"http://{EVIL}/page"),
+    ("x-host", EVIL, f"http://{EVIL}/page"),
+    ("x-forwarded-server", EVIL, f"http://{EVIL}/page"),
+    ("forwarded", f"host={EVIL};proto=https", f"https://{EVIL}/page"),
+    ("x-forwarded-proto", "https", f"https://{SITE}/page"),
+    ("x-forwarded-scheme", "https", f"https://{SITE}/page"),
+    ("x-forwarded-port", "8443", f"http://{SITE}:8443/page"),
+    ("x-original-url", "/admin", f"http://{SITE}/admin"),
+    ("x-rewrite-url", "/admin", f"http://{SITE}/admin"),
+    ("x-forwarded-prefix", "/evil", f"http://{SITE}/evil/page"),
+    ("x-http-method-override", "DELETE", f"http://{SITE}/page"),
+    ("x-method-override", "PURGE", f"http://{SITE}/page"),
+]
+
+
+@pytest.mark.parametrize(("header", "value", "target"), UNKEYED, ids=[u[0] for u in UNKEYED])
+async def test_unkeyed_headers_do_not_change_the_key(
+    cache: RedisCache, header: str, value: str, target: str
+) -> None:
+    origin = Origin()
+    async with client_for(cache, origin) as client:
+        attack = await client.get("/page", headers={header: value})
+        normal = await client.get("/page")
+        calls = origin.calls["/page"]
+        # The attacker's response is stored under the request's own URL, nowhere else...
+        assert status_of(attack).endswith("; stored")
+        assert is_hit(normal) and normal.content == attack.content
+        assert len(await cache.inspect_url(f"http://{SITE}/page")) == 1
+        if target != f"http://{SITE}/page":
+            assert await cache.inspect_url(target) == []
+            assert not is_hit(await client.get(target))
+    # ...and a method override neither purged it nor made the request unsafe.
+    assert calls == 1
+
+
+async def test_method_override_on_a_post_is_not_answered_from_the_cache(cache: RedisCache) -> None:
+    origin = Origin()
+    async with client_for(cache, origin) as client:
+        stored = await client.get("/page")
+        post = await client.post("/page", headers={"x-http-method-override": "GET"})
+        after = await client.get("/page")
+    assert status_of(stored).endswith("; stored")
+    # The POST went to the app (and, being unsafe, invalidated the GET it may have changed).
+    assert post.text.startswith("POST /page") and "cache-status" not in post.headers
+    assert not is_hit(after)
+    assert origin.calls["/page"] == 3
+
+
+async def test_host_header_is_part_of_the_key(cache: RedisCache) -> None:
+    origin = Origin(render=lambda r: f"<a href='http://{r.headers['host']}/login'>")
+    async with client_for(cache, origin) as client:
+        attack = await client.get("/page", headers={"host": EVIL})
+        victim = await client.get("/page", headers={"host": SITE})
+        victim_again = await client.get("/page", headers={"host": "SHOP.example:80"})
+    assert EVIL in attack.text and status_of(attack).endswith("; stored")
+    assert EVIL not in victim.text and not is_hit(victim)
+    # Case and the scheme's default port are the same origin: one entry.
+    assert is_hit(victim_again) and victim_again.content == victim.content
+
+
+@pytest.mark.parametrize("order", ["evil-first", "evil-last"])
+async def test_duplicate_host_headers_cannot_poison_the_single_host_entry(
+    cache: RedisCache, order: str
+) -> None:
+    # RFC 9112 3.2: a server must refuse several Host lines; h11 does, not every server does.
+    # Starlette reads the first, the key once read the last: the evil-first response was
+    # stored for shop.example. Now a request with several Host lines has a key of its own.
+    origin = Origin(render=lambda r: f"<a href='http://{r.url.hostname}/login'>")
+    hosts = [("host", EVIL), ("host", SITE)]
+    if order == "evil-last":
+        hosts.reverse()
+    async with client_for(cache, origin) as client:
+        attack = await client.get("/page", headers=hosts)
+        victim = await client.get("/page", headers={"host": SITE})
+        evil_alone = await client.get("/page", headers={"host": EVIL})
+    assert status_of(attack).endswith("; stored")
+    assert not is_hit(victim) and EVIL not in victim.text
+    assert not is_hit(evil_alone)
+    assert origin.calls["/page"] == 3
+
+
+def reflect_forwarded_host(request: Request) -> str:
+    host = request.headers.get("x-forwarded-host") or request.headers["host"]
+    return f"<script src='https://{host}/app.js'></script>"
+
+
+async def test_reflected_unkeyed_header_poisons_others_without_vary_on(cache: RedisCache) -> None:
+    # The documented risk: an app that reflects a header the key does not include.
+    origin = Origin(render=reflect_forwarded_host)
+    async with client_for(cache, origin) as client:
+        await client.get("/page", headers={"x-forwarded-host": EVIL})
+        victim = await client.get("/page")
+    assert is_hit(victim) and EVIL in victim.text
+
+
+@pytest.mark.parametrize("remedy", ["vary_on", "vary-header"])
+async def test_vary_on_remedy_keeps_a_reflected_header_to_its_sender(
+    cache: RedisCache, remedy: str
+) -> None:
+    origin = Origin(render=reflect_forwarded_host)
+    options: dict[str, Any] = {}
+    if remedy == "vary_on":
+        options["vary_on"] = ["X-Forwarded-Host"]
+    else:
+        origin.headers = [("vary", "X-Forwarded-Host")]
+    async with client_for(cache, origin, **options) as client:
+        attack = await client.get("/page", headers={"x-forwarded-host": EVIL})
+        victim = await client.get("/page")
+        victim_again = await client.get("/page")
+        attack_again = await client.get("/page", headers={"x-forwarded-host": EVIL})
+    assert EVIL in attack.text and status_of(attack).endswith("; stored")
+    assert EVIL not in victim.text and not is_hit(victim)
+    assert is_hit(victim_again) and EVIL not in victim_again.text
+    assert is_hit(attack_again) and EVIL in attack_again.text
+
+
+async def test_get_body_is_not_keyed(cache: RedisCache) -> None:
+    # The same documented risk for an app that reads the body of a GET ("fat GET").
+    async def respond(request: Request) -> Response:
+        return Response(b"results for " + await request.body())
+
+    app = Starlette(routes=[Route("/search", respond)])
+    app.add_middleware(CacheMiddleware, cache=cache, default_ttl=60)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{SITE}") as client:
+        await client.request("GET", "/search", content=b"<script>evil()</script>")
+        victim = await client.get("/search")
+    assert is_hit(victim) and b"evil()" in victim.content
+
+
+# -- privacy: two users --------------------------------------------------------------------
+
+
+def user_of(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth.removeprefix("Bearer ") or request.cookies.get("sid", "anonymous")
+
+
+async def test_set_cookie_response_is_not_replayed_to_another_user(cache: RedisCache) -> None:
+    origin = Origin(render=lambda r: f"hello {user_of(r)}")
+
+    async def respond(request: Request) -> Response:
+        response = await origin.respond(request)
+        # Even claiming to be public, a response that sets a cookie is never stored.
+        response.headers["cache-control"] = "public, max-age=60"
+        response.set_cookie("session", f"secret-of-{user_of(request)}")
+        return response
+
+    app = Starlette(routes=[Route("/{path:path}", respond)])
+    app.add_middleware(CacheMiddleware, cache=cache)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{SITE}") as client:
+        alice = await client.get("/me", headers={"cookie": "sid=alice"})
+        bob = await client.get("/me", headers={"cookie": "sid=bob"})
+    assert status_of(alice).endswith("detail=set-cookie")
+    assert "secret-of-alice" in alice.headers["set-cookie"]
+    assert "secret-of-bob" in bob.headers["set-cookie"] and "alice" not in bob.text
+    assert await cache.inspect_url(f"http://{SITE}/me") == []
+
+
+async def test_private_response_is_not_served_to_another_user(cache: RedisCache) -> None:
+    origin = Origin(
+        render=lambda r: f"hello {user_of(r)}",
+        headers=[("cache-control", "private, max-age=60")],
+    )
+    async with client_for(cache, origin) as client:
+        alice = await client.get("/me", headers={"cookie": "sid=alice"})
+        bob = await client.get("/me", headers={"cookie": "sid=bob"})
+    assert status_of(alice).endswith("detail=private")
+    assert "hello bob" in bob.text and "alice" not in bob.text
+    assert origin.calls["/me"] == 2
+
+
+async def test_authorized_response_is_not_served_to_another_user(cache: RedisCache) -> None:
+    # The app personalises by Authorization and says max-age, but not public / Vary.
+    origin = Origin(
+        render=lambda r: f"hello {user_of(r)}", headers=[("cache-control", "max-age=60")]
+    )
+    async with client_for(cache, origin) as client:
+        alice = await client.get("/me", headers={"authorization": "Bearer alice"})
+        bob = await client.get("/me", headers={"authorization": "Bearer bob"})
+        anonymous = await client.get("/me")
+        alice_again = await client.get("/me", headers={"authorization": "Bearer alice"})
+    assert status_of(alice).endswith("detail=authorization")
+    assert "hello bob" in bob.text and status_of(bob).endswith("detail=authorization")
+    # An anonymous page is stored, and never served to a request that carries credentials.
+    assert "hello anonymous" in anonymous.text and status_of(anonymous).endswith("; stored")
+    assert "hello alice" in alice_again.text and not is_hit(alice_again)
+    assert origin.calls["/me"] == 4
+
+
+async def test_authorized_response_marked_public_is_shared(cache: RedisCache) -> None:
+    # RFC 9111 3.5: public (or s-maxage, must-revalidate) is the app's permission to share.
+    origin = Origin(
+        render=lambda r: "the same for everyone", headers=[("cache-control", "public, max-age=60")]
+    )
+    async with client_for(cache, origin) as client:
+        alice = await client.get("/news", headers={"authorization": "Bearer alice"})
+        bob = await client.get("/news", headers={"authorization": "Bearer bob"})
+    assert status_of(alice).endswith("; stored") and is_hit(bob)
+
+
+async def test_vary_cookie_keeps_users_apart_and_keeps_cookies_out_of_redis(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    origin = Origin(render=lambda r: f"hello {user_of(r)}", headers=[("vary", "Cookie")])
+    alice_cookie = "sid=alice; token=alice-cookie-secret"
+    async with client_for(cache, origin) as client:
+        alice = await client.get("/me", headers={"cookie": alice_cookie})
+        bob = await client.get("/me", headers={"cookie": "sid=bob"})
+        alice_again = await client.get("/me", headers={"cookie": alice_cookie})
+    assert status_of(alice).endswith("; stored") and "hello bob" in bob.text
+    assert is_hit(alice_again) and alice_again.text == alice.text
+    # The variant's request values are kept for inspection, with credentials redacted.
+    for key in await namespace_keys(redis_client, cache.namespace):
+        if await redis_client.type(key) == b"hash":
+            values = (await redis_client.hgetall(key)).values()
+            assert not any(b"alice-cookie-secret" in v for v in values)
+
+
+async def test_two_apps_sharing_one_redis_are_isolated_by_namespace(
+    redis_client: Any, namespace: str
+) -> None:
+    first = RedisCache(redis_client, namespace=f"{namespace}-a")
+    second = RedisCache(redis_client, namespace=f"{namespace}-b")
+    origin_a = Origin(render=lambda r: "app A")
+    origin_b = Origin(render=lambda r: "app B")
+    async with client_for(first, origin_a) as a, client_for(second, origin_b) as b:
+        a1 = await a.get("/same?x=1")
+        b1 = await b.get("/same?x=1")
+        assert "app A" in a1.text and "app B" in b1.text and not is_hit(b1)
+        # Purging or clearing one namespace leaves the other's entries alone.
+        assert await first.purge_url(f"http://{SITE}/same?x=1") == 1
+        await first.clear()
+        b2 = await b.get("/same?x=1")
+        a2 = await a.get("/same?x=1")
+    assert is_hit(b2) and "app B" in b2.text
+    assert not is_hit(a2) and "app A" in a2.text
+    keys_a = await namespace_keys(redis_client, first.namespace)
+    keys_b = await namespace_keys(redis_client, second.namespace)
+    assert keys_a and keys_b and not set(keys_a) & set(keys_b)
+
+
+@pytest.mark.parametrize("bad", ["a:b", "a{b}", "", "x" * 65, "a*", "a b"])
+def test_namespace_cannot_reach_into_another(bad: str) -> None:
+    # No ':' (our separator), no hash-tag braces, no glob characters: one namespace's keys
+    # are never a prefix-match of another's.
+    with pytest.raises(ConfigError, match="namespace"):
+        RedisCache(redis.asyncio.Redis(), namespace=bad)
+
+
+# -- the purge endpoint --------------------------------------------------------------------
+
+TOKEN = "s3cret-purge-token-0123456789"
+
+
+async def test_purge_endpoint_is_disabled_without_a_token(cache: RedisCache) -> None:
+    origin = Origin()
+    async with client_for(cache, origin) as client:
+        await client.get("/page")
+        purge = await client.request("PURGE", "/page", headers={"authorization": f"Bearer {TOKEN}"})
+        post = await client.post(
+            "/_cache/purge", json={"all": True}, headers={"authorization": f"Bearer {TOKEN}"}
+        )
+        after = await client.get("/page")
+    # Both reached the app; the cache did not answer them, and nothing was purged.
+    assert purge.text.startswith("PURGE /page") and post.text.startswith("POST /_cache/purge")
+    assert origin.calls["/_cache/purge"] == 1
+    assert is_hit(after)
+
+
+#: Every way of not presenting the token: missing, wrong scheme, empty, wrong, a prefix, too
+#: long, same length, case-changed, raw.
+BAD_AUTH: list[dict[str, str]] = [
+    {},
+    {"authorization": ""},
+    {"authorization": "Bearer"},
+    {"authorization": "Bearer "},
+    {"authorization": "Bearer x"},
+    {"authorization": f"Bearer {TOKEN[:-1]}"},
+    {"authorization": f"Bearer {TOKEN}x"},
+    {"authorization": f"Bearer {TOKEN * 8}"},
+    {"authorization": f"Bearer {'x' * len(TOKEN)}"},
+    {"authorization": f"Bearer {TOKEN.upper()}"},
+    {"authorization": f"Basic {TOKEN}"},
+    {"authorization": TOKEN},
+]
+
+
+async def test_purge_rejections_are_byte_identical(cache: RedisCache) -> None:
+    origin = Origin()
+    answers: set[tuple[int, tuple[tuple[bytes, bytes], ...], bytes]] = set()
+    async with client_for(cache, origin, purge_token=TOKEN) as client:
+        await client.get("/page")
+        for headers in BAD_AUTH:
+            for method, url in (("POST", "/_cache/purge"), ("PURGE", "/page")):
+                response = await client.request(method, url, json={"all": True}, headers=headers)
+                answers.add((response.status_code, tuple(response.headers.raw), response.content))
+        survived = await client.get("/page")
+        good = await client.request("PURGE", "/page", headers={"authorization": f"Bearer {TOKEN}"})
+    # One answer for every failure: no status, header or message tells a guess apart.
+    assert len(answers) == 1
+    status, raw, body = answers.pop()
+    assert status == 401 and body == b"{}" and (b"www-authenticate", b"Bearer") in raw
+    assert is_hit(survived)
+    assert good.status_code == 200 and good.json() == {"purged": 1}
+    assert origin.calls == Counter({"/page": 1})
+
+
+async def test_purge_token_compared_in_constant_time_on_every_attempt(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not a timed assertion: every attempt, whatever it presents, goes through one
+    # hmac.compare_digest against the whole token (whose running time depends on the token's
+    # length, not on how much of a guess is right), and nothing else decides.
+    calls: list[tuple[object, object]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    async with client_for(cache, Origin(), purge_token=TOKEN) as client:
+        for headers in [*BAD_AUTH, {"authorization": f"Bearer {TOKEN}"}]:
+            await client.post("/_cache/purge", json={}, headers=headers)
+    assert len(calls) == len(BAD_AUTH) + 1
+    assert all(isinstance(a, bytes) and b == TOKEN.encode() for a, b in calls)
+
+
+async def test_bypass_token_compared_in_constant_time(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[object, object]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    origin = Origin()
+    options = {"bypass_header": "X-Cache-Bypass", "bypass_token": TOKEN}
+    async with client_for(cache, origin, **options) as client:
+        await client.get("/page")
+        wrong = await client.get("/page", headers={"x-cache-bypass": TOKEN[:-1]})
+        right = await client.get("/page", headers={"x-cache-bypass": TOKEN})
+    assert is_hit(wrong) and "fwd=bypass" in status_of(right)
+    assert calls == [(TOKEN[:-1].encode(), TOKEN.encode()), (TOKEN.encode(), TOKEN.encode())]
+
+
+# -- bounds --------------------------------------------------------------------------------
+
+
+async def test_key_length_is_bounded_whatever_the_url(cache: RedisCache, redis_client: Any) -> None:
+    origin = Origin(render=lambda r: "long", headers=[("vary", "accept-language")])
+    path = "/" + "p" * 16_000
+    query = "&".join(f"k{i}={'v' * 100}" for i in range(400))  # ~42 KiB (httpx's limit: 64)
+    async with client_for(cache, origin) as client:
+        first = await client.get(
+            f"{path}?{query}", headers={"host": "h" * 2000, "accept-language": "l" * 8000}
+        )
+        again = await client.get(
+            f"{path}?{query}", headers={"host": "h" * 2000, "accept-language": "l" * 8000}
+        )
+    assert status_of(first).endswith("; stored") and is_hit(again)
+    found = await namespace_keys(redis_client, cache.namespace)
+    assert found
+    # Namespace, generation, a 32-hex hash in braces and a short suffix: < 120 bytes.
+    assert max(len(k) for k in found) < len(cache.namespace) + 100
+    # The path index holds at most 1 KiB of a path (plus NUL and the URL hash).
+    for key in found:
+        if await redis_client.type(key) == b"zset" and key.endswith(b"}"):
+            members = await redis_client.zrange(key, 0, -1)
+            assert members and all(len(m) <= 1024 + 1 + 32 for m in members)
+
+
+async def test_body_over_max_body_size_is_not_stored(cache: RedisCache) -> None:
+    # max_body_size bounds the entry, headers included: 1000 bytes and a content-length
+    # header fit in 1024, 1025 bytes of body do not.
+    sizes = {"/at-limit": 1000, "/over": 1025}
+
+    async def respond(request: Request) -> Response:
+        size = sizes[request.url.path.removesuffix("/streamed")]
+        if request.url.path.endswith("/streamed"):
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for _ in range(size // 100):
+                    yield b"x" * 100
+                yield b"x" * (size % 100)
+
+            return StreamingResponse(chunks())
+        return Response(b"x" * size)
+
+    app = Starlette(routes=[Route("/{path:path}", respond)])
+    app.add_middleware(CacheMiddleware, cache=cache, default_ttl=60, max_body_size=1024)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{SITE}") as client:
+        for path in ("/at-limit", "/over", "/at-limit/streamed", "/over/streamed"):
+            response = await client.get(path)
+            assert len(response.content) == sizes[path.removesuffix("/streamed")]
+            stored = await cache.inspect_url(f"http://{SITE}{path}")
+            if path.startswith("/over"):
+                assert stored == [], path
+                # Sent whole, its Cache-Status says why; streamed, it made no claim.
+                assert ("detail=too-large" in status_of(response)) == (path == "/over")
+                assert "stored" not in status_of(response)
+            else:
+                assert len(stored) == 1, path
+
+
+async def test_response_headers_count_towards_max_body_size(cache: RedisCache) -> None:
+    # An entry is bounded as a whole: ~64 KiB of headers on a tiny body is too large for a
+    # 16 KiB max_body_size; the same headers fit under a larger one and replay whole.
+    many = [(f"x-h{i}", f"{i}-" + "v" * 200) for i in range(300)]
+    origin = Origin(render=lambda r: "small", headers=many)
+    async with client_for(cache, origin, max_body_size=16 * 1024) as client:
+        first = await client.get("/headers")
+        second = await client.get("/headers")
+    assert "detail=too-large" in status_of(first) and not is_hit(second)
+    assert [(k, v) for k, v in second.headers.raw if k.startswith(b"x-h")] == [
+        (k.encode(), v.encode()) for k, v in many
+    ]
+    async with client_for(cache, origin, max_body_size=128 * 1024) as client:
+        first = await client.get("/headers-fit")
+        second = await client.get("/headers-fit")
+    assert status_of(first).endswith("; stored") and is_hit(second)
+    replayed = [(k, v) for k, v in second.headers.raw if k.startswith(b"x-h")]
+    assert replayed == [(k.encode(), v.encode()) for k, v in many]
+
+
+async def test_headers_and_body_together_over_max_body_size_are_not_stored(
+    cache: RedisCache,
+) -> None:
+    # A body that fits alone, but not with its headers.
+    origin = Origin(render=lambda r: "b" * 900, headers=[("x-pad", "p" * 200)])
+    async with client_for(cache, origin, max_body_size=1024) as client:
+        first = await client.get("/tight")
+        second = await client.get("/tight")
+    assert "detail=too-large" in status_of(first) and not is_hit(second)
+    assert second.content.startswith(b"b" * 900) and origin.calls["/tight"] == 2
+
+
+def in_use(client: Any) -> int:
+    """The connections the client's pool has handed out and not had back."""
+    return len(client.connection_pool._in_use_connections)
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", "redis"])
+@pytest.mark.parametrize("path", ["hit", "miss"])
+async def test_slow_client_does_not_pin_a_redis_connection(
+    cache: RedisCache, redis_client: Any, backend: str, path: str
+) -> None:
+    origin = Origin(render=lambda r: "x" * 5000)
+    app = app_for(origin)
+    app.add_middleware(CacheMiddleware, cache=cache, default_ttl=60)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/slow",
+        "raw_path": b"/slow",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", SITE.encode())],
+        "client": ("127.0.0.1", 1),
+        "server": (SITE, 80),
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def fast_send(message: Message) -> None:
+        pass
+
+    if path == "hit":
+        await app(dict(scope), receive, fast_send)  # store it first
+    blocked = asyncio.Event()
+    release = asyncio.Event()
+    sent: list[Message] = []
+
+    async def slow_send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            blocked.set()
+            await release.wait()  # a client that does not read
+
+    task = asyncio.create_task(app(dict(scope), receive, slow_send))
+    await asyncio.wait_for(blocked.wait(), 5)
+    # The client holds the response; no Redis connection is held with it.
+    assert in_use(redis_client) == 0
+    # ...though the pool did serve this request's lookup (and, on a miss, the fill lock),
+    # and the count is live: a command in flight shows up in it.
+    assert redis_client.connection_pool._available_connections
+    probe = asyncio.create_task(redis_client.blpop([f"{cache.namespace}:probe"], timeout=0.1))
+    await asyncio.sleep(0.03)
+    assert in_use(redis_client) == 1
+    await probe
+    release.set()
+    await asyncio.wait_for(task, 5)
+    status = dict(sent[0]["headers"])[b"cache-status"].decode()
+    assert ("; hit" in status) == (path == "hit")
+    assert origin.calls["/slow"] == 1
+    assert await cache.inspect_url(f"http://{SITE}/slow")  # the miss stored after sending
+    assert in_use(redis_client) == 0
+
+
+# -- connection security: TLS and ACL ------------------------------------------------------
+
+
+@dataclass
+class TLSServer:
+    port: int
+    ca: Path
+    process: subprocess.Popen[bytes]
+
+    def url(self, auth: str = "", query: str = "") -> str:
+        query = query or f"ssl_ca_certs={self.ca}"
+        return f"rediss://{auth}127.0.0.1:{self.port}/0?{query}"
+
+    def admin(self) -> redis.Redis:
+        return redis.Redis(port=self.port, ssl=True, ssl_ca_certs=str(self.ca), socket_timeout=2)
+
+
+def _openssl(workdir: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=workdir, check=True, capture_output=True, timeout=30)
+
+
+def _make_certificates(workdir: Path) -> None:
+    """A CA and a server certificate for 127.0.0.1 signed by it, made for this session."""
+    new_key = ["-newkey", "rsa:2048", "-nodes", "-keyout"]
+    _openssl(workdir, "req", "-x509", *new_key, "ca.key", "-out", "ca.crt", "-days", "1",
+             "-subj", "/CN=rcm-test-ca")  # fmt: skip
+    _openssl(workdir, "req", *new_key, "server.key", "-out", "server.csr",
+             "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (workdir / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    sign = [
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.cnf",
+    ]
+    _openssl(workdir, "x509", "-req", "-in", "server.csr", *sign, "-out", "server.crt")
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[TLSServer]:
+    """A redis-server speaking only TLS on a free port, with certificates made here."""
+    binary, openssl = shutil.which("redis-server"), shutil.which("openssl")
+    if binary is None or openssl is None:
+        pytest.skip("TLS test needs redis-server and openssl on PATH")
+    workdir = Path(tempfile.mkdtemp(prefix="rcm-tls-"))
+    try:
+        _make_certificates(workdir)
+        port = free_port()
+        log = workdir / "redis.log"
+        process = subprocess.Popen(
+            [
+                binary,
+                *f"--port 0 --tls-port {port} --bind 127.0.0.1 --appendonly no".split(),
+                *["--tls-cert-file", "server.crt", "--tls-key-file", "server.key"],
+                *["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"],
+                *["--save", "", "--dir", str(workdir), "--logfile", str(log)],
+            ],
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        server = TLSServer(port=port, ca=workdir / "ca.crt", process=process)
+        admin = server.admin()
+        for _ in range(100):
+            try:
+                admin.ping()
+                break
+            except (redis.RedisError, OSError):
+                if process.poll() is not None:
+                    output = log.read_text(errors="replace") if log.exists() else ""
+                    pytest.skip(f"redis-server does not support TLS here: {output[-300:]}")
+                subprocess.run(["sleep", "0.05"], check=True)
+        else:
+            process.kill()
+            pytest.fail("the TLS redis-server did not answer within 5 s")
+        admin.close()
+        yield server
+        process.terminate()
+        process.wait(timeout=5)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def round_trip(cache: RedisCache) -> tuple[httpx.Response, httpx.Response, Origin]:
+    origin = Origin()
+    async with client_for(cache, origin, timeout=1.0) as client:
+        first = await client.get("/page")
+        second = await client.get("/page")
+    return first, second, origin
+
+
+async def test_rediss_url_round_trip_over_tls(tls_server: TLSServer) -> None:
+    namespace = f"tls-{uuid.uuid4().hex[:8]}"
+    async with RedisCache.from_url(tls_server.url(), namespace=namespace) as cache:
+        first, second, origin = await round_trip(cache)
+        assert status_of(first).endswith("; stored") and is_hit(second)
+        assert origin.calls["/page"] == 1
+        assert len(await cache.inspect_url(f"http://{SITE}/page")) == 1
+        client: Any = cache.client
+        assert issubclass(client.connection_pool.connection_class, SSLConnection)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("untrusted", id="server-cert-not-trusted"),
+        pytest.param("plain", id="plain-redis-url-on-tls-port"),
+    ],
+)
+async def test_tls_misconfiguration_fails_open(tls_server: TLSServer, url: str) -> None:
+    bad = (
+        f"rediss://127.0.0.1:{tls_server.port}/0"  # no ssl_ca_certs: the system CAs only
+        if url == "untrusted"
+        else f"redis://127.0.0.1:{tls_server.port}/0"
+    )
+    async with RedisCache.from_url(bad, namespace="tls-bad") as cache:
+        first, second, origin = await round_trip(cache)
+        with pytest.raises((redis.RedisError, ssl.SSLError, OSError)):
+            await cache.client.ping()
+    assert first.status_code == second.status_code == 200
+    assert "detail=redis-error" in status_of(first) and not is_hit(second)
+    assert origin.calls["/page"] == 2
+
+
+ACL_USER, ACL_PASSWORD = "app", "p@ss:w/rd#1"
+ACL_PASSWORD_IN_URL = "p%40ss%3Aw%2Frd%231"  # percent-encoded, as URLs need
+
+
+def add_acl_user(admin: redis.Redis, namespace: str) -> None:
+    """An ACL user that may only touch keys of one namespace, and no admin commands."""
+    rules = ["reset", "on", f">{ACL_PASSWORD}", f"~{namespace}:*", "+@all", "-@dangerous"]
+    admin.execute_command("ACL", "SETUSER", ACL_USER, *rules)  # type: ignore[no-untyped-call]
+
+
+async def test_acl_user_and_password_in_the_url(own_redis_server: RedisServer) -> None:
+    port = own_redis_server.port
+    assert port is not None
+    admin = redis.Redis(port=port)
+    add_acl_user(admin, "acl-ns")
+    admin.close()
+    url = f"redis://{ACL_USER}:{ACL_PASSWORD_IN_URL}@127.0.0.1:{port}/0"
+    async with RedisCache.from_url(url, namespace="acl-ns") as cache:
+        first, second, _ = await round_trip(cache)
+        assert status_of(first).endswith("; stored") and is_hit(second)
+        assert await cache.purge_url(f"http://{SITE}/page") == 1
+        await cache.clear()
+        assert cache.stats.redis_error == 0
+        assert await cache.client.acl_whoami() in (ACL_USER, ACL_USER.encode())
+
+
+async def test_acl_user_cannot_use_another_namespace_and_fails_open(
+    own_redis_server: RedisServer,
+) -> None:
+    port = own_redis_server.port
+    assert port is not None
+    admin = redis.Redis(port=port)
+    add_acl_user(admin, "acl-ns")
+    admin.close()
+    url = f"redis://{ACL_USER}:{ACL_PASSWORD_IN_URL}@127.0.0.1:{port}/0"
+    async with RedisCache.from_url(url, namespace="someone-else") as cache:
+        first, second, origin = await round_trip(cache)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await cache.purge_url(f"http://{SITE}/page")
+        assert cache.stats.redis_error > 0
+    # Every command was refused (NOPERM): the app answered both, nothing was stored, and the
+    # refusal reads as a Redis error, not as an empty cache.
+    assert first.status_code == second.status_code == 200
+    assert not is_hit(second) and origin.calls["/page"] == 2
+    assert "detail=redis-error" in status_of(first)
+    assert "detail=redis-error" in status_of(second)
+
+
+async def test_acl_wrong_password_fails_open(own_redis_server: RedisServer) -> None:
+    port = own_redis_server.port
+    assert port is not None
+    admin = redis.Redis(port=port)
+    add_acl_user(admin, "acl-ns")
+    admin.close()
+    url = f"redis://{ACL_USER}:wrong-password@127.0.0.1:{port}/0"
+    async with RedisCache.from_url(url, namespace="acl-ns") as cache:
+        first, second, origin = await round_trip(cache)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            await cache.client.ping()
+    assert first.status_code == second.status_code == 200
+    assert "detail=redis-error" in status_of(first) and not is_hit(second)
+    assert origin.calls["/page"] == 2
+
+
+async def test_rediss_with_acl_user(tls_server: TLSServer) -> None:
+    namespace = f"tls-acl-{uuid.uuid4().hex[:8]}"
+    admin = tls_server.admin()
+    add_acl_user(admin, namespace)
+    admin.close()
+    url = tls_server.url(auth=f"{ACL_USER}:{ACL_PASSWORD_IN_URL}@")
+    async with RedisCache.from_url(url, namespace=namespace) as cache:
+        first, second, _ = await round_trip(cache)
+        assert await cache.client.acl_whoami() in (ACL_USER, ACL_USER.encode())
+    assert status_of(first).endswith("; stored") and is_hit(second)
