@@ -39,6 +39,7 @@ CORE = [
     "hiredis==3.5.0",
     "httpx==0.28.1",
     "matplotlib==3.11.2",
+    "py-spy==0.4.3",  # bench/profile_hit.py
 ]
 #: Each peer is installed on its own, so that one that fails skips only its variant.
 PEERS: dict[str, list[str]] = {
