@@ -505,3 +505,30 @@ async def test_age_from_origin_counts(cache: RedisCache) -> None:
     assert r.headers["age"] == "30"
     assert r.headers.get_list("age") == ["30"]
     assert r.headers["cache-status"] == "redis-cache; hit; ttl=70"
+
+
+async def test_websocket_scope_passes_through_untouched(
+    cache: RedisCache, redis_client: Any, namespace: str
+) -> None:
+    from redis_cache_middleware import CacheMiddleware
+
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope)
+        message = await receive()
+        await send({"type": "websocket.accept", "echo": message["type"]})
+
+    async def receive() -> Any:
+        return {"type": "websocket.connect"}
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "headers": [(b"host", b"example.com")]}
+    await CacheMiddleware(app, cache=cache, default_ttl=60)(scope, receive, send)
+    assert seen == [scope] and seen[0] is scope
+    assert sent == [{"type": "websocket.accept", "echo": "websocket.connect"}]
+    assert [k async for k in redis_client.scan_iter(match=f"{namespace}:*")] == []
