@@ -1,6 +1,8 @@
 """A short benchmark: the middleware in-process on a local 3-primary cluster vs one Redis.
 
-    /work/venv/bin/python bench/cluster_bench.py [--duration 3] [--concurrency 32] [--urls 1000]
+    python bench/cluster_bench.py [--duration 3] [--concurrency 32] [--urls 1000]
+
+(with the project and its test extra installed: ``pip install -e '.[test]'``)
 
 Starts a ``redis-server`` and a 3-primary Redis Cluster on free loopback ports (through
 ``tests/cluster_fixtures.py``; every process is stopped at the end, and stops by itself after
