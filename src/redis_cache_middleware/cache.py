@@ -11,6 +11,7 @@ Ownership follows redis-py: a cache built with ``from_url`` owns its client and 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import itertools
@@ -79,8 +80,11 @@ def _admin(
     async def bounded_call(self: RedisCache, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         if self.admin_timeout is None:
             return await method(self, *args, **kwargs)
-        async with _timeout(self.admin_timeout):
-            return await method(self, *args, **kwargs)
+        try:
+            async with _timeout(self.admin_timeout):
+                return await method(self, *args, **kwargs)
+        except asyncio.TimeoutError as exc:  # the builtin TimeoutError on every Python
+            raise TimeoutError(f"{method.__name__} took over {self.admin_timeout} s") from exc
 
     return bounded_call
 

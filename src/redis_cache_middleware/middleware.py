@@ -388,7 +388,7 @@ class CacheMiddleware:
                 try:
                     async with bounded(remaining):
                         outcome = await asyncio.shield(inflight)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # TimeoutError on 3.11+, not on 3.10
                     pass
             if outcome == "stored" and await self._serve_filled(request, send, fwd):
                 if owned is not None:
