@@ -317,3 +317,16 @@ async def test_hits_on_a_url_seen_stored_are_one_plain_hgetall(
     stats = await redis_client.info("commandstats")
     assert stats["cmdstat_hgetall"]["calls"] == 20
     assert "cmdstat_evalsha" not in stats and "cmdstat_set" not in stats
+
+
+def test_fill_tokens_are_unique_and_name_the_process() -> None:
+    import os
+
+    from redis_cache_middleware.cache import new_token
+
+    tokens = [new_token() for _ in range(10_000)]
+    assert len(set(tokens)) == len(tokens)
+    prefix, pid, _ = tokens[0].split(".")
+    assert len(prefix) == 12 and int(pid, 16) == os.getpid()
+    # Forked workers share the random prefix: the process id keeps their tokens apart.
+    assert all(t.startswith(f"{prefix}.{pid}.") for t in tokens)
