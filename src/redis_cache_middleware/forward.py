@@ -349,18 +349,7 @@ class Forward:
             await self._send(message)
             return
         self.stored_at = time.time()
-        decision = policy.decide_store(
-            self.status,
-            self.headers,
-            now=self.stored_at,
-            default_ttl=self.default_ttl,
-            cacheable_statuses=config.statuses,
-            cache_set_cookie=config.cache_set_cookie,
-            request_has_authorization=self.request.has_authorization,
-            stale_while_revalidate=config.stale_while_revalidate,
-            stale_if_error=config.stale_if_error,
-            keep_for_revalidation=config.keep_for_revalidation,
-        )
+        decision = self._decide(self.status, self.headers, self.stored_at)
         if decision.store and message.get("trailers"):
             decision = policy.refuse("trailers")
         # max_body_size bounds a whole entry: the headers count towards it with the body.
@@ -432,19 +421,30 @@ class Forward:
             headers.append(
                 (b"etag", b'"' + hashlib.blake2b(body, digest_size=16).hexdigest().encode() + b'"')
             )
-        return CachedEntry(
-            status=self.status,
-            headers=headers,
-            body=body,
-            stored_at=self.stored_at,
-            fresh_for=decision.fresh_for,
-            stale_for=decision.stale_for,
-            initial_age=decision.initial_age,
-            stale_while_revalidate=decision.stale_while_revalidate,
-            stale_if_error=decision.stale_if_error,
-            shared_with_auth=decision.shared_with_auth,
-            tags=self.tags,
-            request_vary=tuple(zip(names, values or (), strict=True)),
+        return _stored_entry(
+            decision,
+            self.status,
+            headers,
+            body,
+            self.stored_at,
+            self.tags,
+            tuple(zip(names, values or (), strict=True)),
+        )
+
+    def _decide(self, status: int, headers: RawHeaders, now: float) -> policy.StoreDecision:
+        """The policy's verdict on storing a response, with this middleware's options."""
+        config = self.middleware.config
+        return policy.decide_store(
+            status,
+            headers,
+            now=now,
+            default_ttl=self.default_ttl,
+            cacheable_statuses=config.statuses,
+            cache_set_cookie=config.cache_set_cookie,
+            request_has_authorization=self.request.has_authorization,
+            stale_while_revalidate=config.stale_while_revalidate,
+            stale_if_error=config.stale_if_error,
+            keep_for_revalidation=config.keep_for_revalidation,
         )
 
     async def _store(self) -> bool:
@@ -483,20 +483,8 @@ class Forward:
         return True
 
     async def _release(self, *, refused: bool) -> None:
-        fill = self.fill
-        assert fill is not None
-        middleware = self.middleware
-        cache = middleware.cache
-        found = self.request.found
-        generation = found.generation if found is not None else cache.generation
-        pass_for = middleware.config.hit_for_pass_ttl if refused else 0.0
-        uhash = self.request.uhash
-        await guarded(
-            cache,
-            middleware.config.timeout,
-            "lock release",
-            lambda: cache.release_fill(uhash, fill, generation, pass_for=pass_for),
-        )
+        assert self.fill is not None
+        await self.middleware._release_lock(self.request, self.fill, refused=refused)
 
     async def _serve_fallback(self, why: str) -> None:
         entry = self.fallback
@@ -518,31 +506,9 @@ class Forward:
         cache = self.middleware.cache
         now = time.time()
         headers = policy.merge_not_modified(entry.headers, self.headers)
-        decision = policy.decide_store(
-            entry.status,
-            headers,
-            now=now,
-            default_ttl=self.default_ttl,
-            cacheable_statuses=config.statuses,
-            cache_set_cookie=config.cache_set_cookie,
-            request_has_authorization=self.request.has_authorization,
-            stale_while_revalidate=config.stale_while_revalidate,
-            stale_if_error=config.stale_if_error,
-            keep_for_revalidation=config.keep_for_revalidation,
-        )
-        refreshed = CachedEntry(
-            status=entry.status,
-            headers=headers,
-            body=entry.body,
-            stored_at=now,
-            fresh_for=decision.fresh_for,
-            stale_for=decision.stale_for,
-            initial_age=decision.initial_age,
-            stale_while_revalidate=decision.stale_while_revalidate,
-            stale_if_error=decision.stale_if_error,
-            shared_with_auth=decision.shared_with_auth,
-            tags=entry.tags,
-            request_vary=entry.request_vary,
+        decision = self._decide(entry.status, headers, now)
+        refreshed = _stored_entry(
+            decision, entry.status, headers, entry.body, now, entry.tags, entry.request_vary
         )
         stored = False
         found = self.request.found
@@ -562,6 +528,32 @@ class Forward:
         await replay(refreshed, refreshed.age(now), self.request, status, self.send)
         if self.fill is not None:
             await self._release(refused=False)
+
+
+def _stored_entry(
+    decision: policy.StoreDecision,
+    status: int,
+    headers: RawHeaders,
+    body: bytes,
+    stored_at: float,
+    tags: tuple[str, ...],
+    request_vary: tuple[tuple[str, bytes | None], ...],
+) -> CachedEntry:
+    """The entry to store for a response, with the freshness the policy decided."""
+    return CachedEntry(
+        status=status,
+        headers=headers,
+        body=body,
+        stored_at=stored_at,
+        fresh_for=decision.fresh_for,
+        stale_for=decision.stale_for,
+        initial_age=decision.initial_age,
+        stale_while_revalidate=decision.stale_while_revalidate,
+        stale_if_error=decision.stale_if_error,
+        shared_with_auth=decision.shared_with_auth,
+        tags=tags,
+        request_vary=request_vary,
+    )
 
 
 async def _nowhere(message: Message) -> None:

@@ -476,16 +476,20 @@ class CacheMiddleware:
         )
         return None if isinstance(result, Skipped) else result
 
-    async def _release_lock(self, request: Request, fill: FillLock) -> None:
-        """Give back a fill lock this request took but did not fill under."""
+    async def _release_lock(
+        self, request: Request, fill: FillLock, *, refused: bool = False
+    ) -> None:
+        """Give back a fill lock this request holds; ``refused`` (the response was not
+        storable) also marks the URL hit-for-pass for ``hit_for_pass_ttl``."""
         found = request.found
         cache = self.cache
         generation = found.generation if found is not None else cache.generation
+        pass_for = self.config.hit_for_pass_ttl if refused else 0.0
         await guarded(
             cache,
             self.config.timeout,
             "lock release",
-            lambda: cache.release_fill(request.uhash, fill, generation),
+            lambda: cache.release_fill(request.uhash, fill, generation, pass_for=pass_for),
         )
 
     async def _serve_filled(self, request: Request, send: Send, fwd: str) -> bool:
