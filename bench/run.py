@@ -897,7 +897,8 @@ def main_in_venv(argv: list[str]) -> int:
         f"\nwrote {(RESULTS / f'{args.tag}.json').relative_to(ROOT)} and "
         f"{(RESULTS / f'{args.tag}.png').relative_to(ROOT)} ({results['elapsed_s'] / 60:.1f} min)"
     )
-    return 0
+    # A missed target is a failed run, so a script (or CI) can rely on the exit status.
+    return 1 if any(t["passed"] is False for t in results["targets"]) else 0
 
 
 if __name__ == "__main__":

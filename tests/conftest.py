@@ -32,9 +32,8 @@ from .cluster_fixtures import (  # noqa: F401 (fixtures)
     failover_cluster,
     redis_cluster,
     sentinel_setup,
+    unavailable,
 )
-
-REQUIRE_REDIS = os.environ.get("REDIS_CACHE_REQUIRE_REDIS", "") not in ("", "0")
 
 
 @pytest.fixture
@@ -110,12 +109,6 @@ def start_redis_process(port: int, workdir: str) -> subprocess.Popen[bytes]:
         client.close()
 
 
-def _unavailable(reason: str) -> None:
-    if REQUIRE_REDIS:
-        pytest.fail(f"a real Redis is required (REDIS_CACHE_REQUIRE_REDIS=1): {reason}")
-    pytest.skip(f"no real Redis: {reason}")
-
-
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A real Redis: REDIS_URL, or a redis-server started on a free loopback port."""
@@ -124,18 +117,18 @@ def redis_server() -> Iterator[RedisServer]:
         try:
             redis.Redis.from_url(url, socket_connect_timeout=1).ping()
         except redis.RedisError as exc:
-            _unavailable(f"REDIS_URL={url} does not answer ({exc})")
+            unavailable(f"REDIS_URL={url} does not answer ({exc})")
         yield RedisServer(url=url)
         return
     if shutil.which("redis-server") is None:
-        _unavailable("REDIS_URL is unset and redis-server is not on PATH")
+        unavailable("REDIS_URL is unset and redis-server is not on PATH")
     workdir = tempfile.mkdtemp(prefix="rcm-redis-")
     port = free_port()
     server = RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, workdir=workdir)
     try:
         server.start()
     except RuntimeError as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
     yield server
     server.stop()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -145,7 +138,7 @@ def redis_server() -> Iterator[RedisServer]:
 def own_redis_server() -> Iterator[RedisServer]:
     """A redis-server started for one test alone, which the test may stop and start."""
     if shutil.which("redis-server") is None:
-        _unavailable("redis-server is not on PATH")
+        unavailable("redis-server is not on PATH")
     workdir = tempfile.mkdtemp(prefix="rcm-redis-")
     port = free_port()
     server = RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, workdir=workdir)

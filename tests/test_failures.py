@@ -100,9 +100,16 @@ async def test_huge_fake_content_length_is_a_miss(cache: RedisCache, redis_clien
             msgpack.packb([[b"content-length", b"999999999999"]], use_bin_type=True),
         )
         r = await client.get("/len")
+        again = await client.get("/len")
     assert r.status_code == 200
-    assert "hit" not in r.headers["cache-status"]
+    assert r.headers["cache-status"].endswith("stored")
+    assert r.headers["content-length"] == str(len(r.content))
+    # The entry was overwritten with the app's answer: the next request is a true hit.
+    assert "hit" in again.headers["cache-status"] and again.content == r.content
     assert origin.calls["/len"] == 2
+    assert (await redis_client.hget(key, b"headers")) != msgpack.packb(
+        [[b"content-length", b"999999999999"]], use_bin_type=True
+    )
 
 
 async def test_streamed_5mb_body_delivered_whole_and_not_stored(cache: RedisCache) -> None:

@@ -32,6 +32,7 @@ from starlette.routing import Route
 from redis_cache_middleware import CacheMiddleware, ConfigError, RedisCache
 from redis_cache_middleware._types import Message
 
+from .cluster_fixtures import unavailable
 from .conftest import RedisServer, free_port
 
 pytestmark = pytest.mark.anyio
@@ -648,7 +649,7 @@ def tls_server() -> Iterator[TLSServer]:
     """A redis-server speaking only TLS on a free port, with certificates made here."""
     binary, openssl = shutil.which("redis-server"), shutil.which("openssl")
     if binary is None or openssl is None:
-        pytest.skip("TLS test needs redis-server and openssl on PATH")
+        unavailable("the TLS tests need redis-server and openssl on PATH")
     workdir = Path(tempfile.mkdtemp(prefix="rcm-tls-"))
     try:
         _make_certificates(workdir)
@@ -675,7 +676,7 @@ def tls_server() -> Iterator[TLSServer]:
             except (redis.RedisError, OSError):
                 if process.poll() is not None:
                     output = log.read_text(errors="replace") if log.exists() else ""
-                    pytest.skip(f"redis-server does not support TLS here: {output[-300:]}")
+                    unavailable(f"redis-server does not support TLS here: {output[-300:]}")
                 subprocess.run(["sleep", "0.05"], check=True)
         else:
             process.kill()
