@@ -1,6 +1,6 @@
 """A short benchmark: the middleware in-process on a local 3-primary cluster vs one Redis.
 
-    python bench/cluster_bench.py [--duration 3] [--concurrency 32] [--urls 1000]
+    python bench/cluster_bench.py [--duration 3] [--concurrency 32] [--urls 1000] [--json FILE]
 
 (with the project and its test extra installed: ``pip install -e '.[test]'``)
 
@@ -12,9 +12,12 @@ the client library are what differ):
 
 - ``hit``: ``--urls`` URLs stored first, then GETs of random ones from ``--concurrency``
   concurrent tasks for ``--duration`` seconds;
-- ``miss``: every GET a new URL (lookup, app call, store with its MULTI and index writes).
+- ``miss``: every GET a new URL (lookup with the fill lock, app call, and the store script
+  with its index writes).
 
-It prints requests per second and p50/p99 latency per backend and kind. Everything runs in
+It prints requests per second and p50/p99 latency per backend and kind, and with ``--json``
+writes the same rows with the settings and versions to a file (``docs/bench/cluster.json``
+holds the run the docs quote). Everything runs in
 this one process on this host, so the figures compare client-side cost and round trips, not
 the capacity of a real multi-host cluster.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import os
 import platform
 import random
@@ -133,6 +137,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per run (3)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent tasks (32)")
     parser.add_argument("--urls", type=int, default=1000, help="URLs stored for hits (1000)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
     args = parser.parse_args()
     if not 0 < args.duration <= 60:
         parser.error("--duration must be in (0, 60]")
@@ -165,6 +170,25 @@ def main() -> int:
         ratio = by[("cluster (3 primaries)", kind)] / by[("single Redis", kind)]
         print(f"\ncluster / single, {kind}: {ratio:.2f}", end="")
     print()
+    if args.json:
+        record = {
+            "date": today,
+            "python": platform.python_version(),
+            "redis_py": redis.__version__,
+            "cpus": os.cpu_count(),
+            "settings": {
+                "duration_s": args.duration,
+                "concurrency": args.concurrency,
+                "urls": args.urls,
+            },
+            "rows": [
+                {"backend": n, "kind": k, "rps": r, "p50_ms": p50, "p99_ms": p99, "wrong": w}
+                for n, k, r, p50, p99, w in rows
+            ],
+        }
+        with open(args.json, "w") as out:
+            json.dump(record, out, indent=2)
+            out.write("\n")
     return 1 if any(row[-1] for row in rows) else 0
 
 
