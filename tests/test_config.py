@@ -77,6 +77,7 @@ def names_option(option: str) -> str:
         pytest.param("max_body_size", "1000", id="max_body_size-str"),
         pytest.param("max_body_size", True, id="max_body_size-bool"),
         pytest.param("cacheable_statuses", {200, 206}, id="cacheable_statuses-206"),
+        pytest.param("cacheable_statuses", {200, 304}, id="cacheable_statuses-304"),
         pytest.param("cacheable_statuses", {100, 200}, id="cacheable_statuses-100"),
         pytest.param("cacheable_statuses", {600}, id="cacheable_statuses-600"),
         pytest.param("cacheable_statuses", {"200"}, id="cacheable_statuses-str-item"),
@@ -190,7 +191,7 @@ def test_middleware_defaults() -> None:
     assert not config.is_excluded("/anything")
 
 
-@pytest.mark.parametrize("status", [200, 304, 599])
+@pytest.mark.parametrize("status", [200, 303, 599])
 def test_cacheable_statuses_bounds_accepted(status: int) -> None:
     assert CacheConfig(cacheable_statuses={status}).statuses == frozenset({status})
 

@@ -238,6 +238,10 @@ async def test_store_failure_still_delivers_response(
     origin = Origin()
     async with make_client(cache, origin, default_ttl=60) as client:
         r = await client.get("/sf")
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.content.startswith(b"/sf? call=1")
+    # The store ran before the headers went out, so Cache-Status does not claim "stored".
+    assert (
+        r.headers["cache-status"] == "redis-cache; fwd=uri-miss; fwd-status=200; detail=redis-error"
+    )
     assert cache.stats.redis_error == 1
     assert cache.stats.stored == 0

@@ -149,8 +149,46 @@ async def test_vary_change_never_serves_wrong_variant(cache: RedisCache) -> None
     assert "fwd=vary-miss" in r3.headers["cache-status"]
     assert b"call=3" in r3.content
     assert "hit" in r4.headers["cache-status"] and r4.content == r2.content
-    # Every variant, including the one stored under the old Vary, is still purgeable.
-    assert await cache.purge_url("http://testserver/vc") == 3
+    # The new marker dropped the variant stored under the old Vary: two are left.
+    assert await cache.purge_url("http://testserver/vc") == 2
+
+
+async def test_variants_of_an_older_vary_never_come_back(cache: RedisCache) -> None:
+    spec = Spec(headers=[("vary", "accept-language")], echo_headers=("accept-language",))
+    origin = Origin(specs={"/back": spec})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/back", headers={"accept-language": "en"})  # call 1, variant en
+        spec.headers = []  # the app stops varying: a plain entry replaces the marker
+        plain = await client.get("/back", headers={"accept-language": "de"})  # call 2
+        spec.headers = [("vary", "accept-language")]  # and varies again
+        refilled = await client.get(
+            "/back", headers={"accept-language": "fr", "cache-control": "no-cache"}
+        )  # call 3: a new marker
+        en = await client.get("/back", headers={"accept-language": "en"})
+    assert plain.headers["cache-status"].endswith("stored")
+    assert refilled.headers["cache-status"].endswith("stored")
+    # RFC 9111 4: the most recent response is used; call 1's variant is gone, not served.
+    assert "fwd=vary-miss" in en.headers["cache-status"]
+    assert b"call=4" in en.content and b"accept-language=en" in en.content
+    assert origin.calls["/back"] == 4
+
+
+async def test_variants_of_a_vary_that_changed_and_changed_back_never_come_back(
+    cache: RedisCache,
+) -> None:
+    spec = Spec(headers=[("vary", "x-a")], echo_headers=("x-a", "x-b"))
+    origin = Origin(specs={"/ab": spec})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/ab", headers={"x-a": "1", "x-b": "1"})  # call 1 under Vary: x-a
+        spec.headers = [("vary", "x-b")]
+        await client.get("/ab", headers={"x-a": "2", "x-b": "2"})  # call 2 under Vary: x-b
+        spec.headers = [("vary", "x-a")]
+        await client.get("/ab", headers={"x-a": "3", "x-b": "3", "cache-control": "no-cache"})
+        again = await client.get("/ab", headers={"x-a": "1", "x-b": "1"})
+    assert "fwd=vary-miss" in again.headers["cache-status"]
+    assert b"call=4" in again.content
+    # Only the variants of the current Vary are left to purge.
+    assert await cache.purge_url("http://testserver/ab") == 2
 
 
 async def test_vary_star_never_stored(cache: RedisCache) -> None:

@@ -619,15 +619,15 @@ class RedisCache:
     ) -> None:
         """``store`` on a single Redis: one script writes the entry, its indexes and the
         lock release atomically, so a miss costs one command to send and one round trip."""
+        variants = keys.variants_key(base)
         if not names:
-            entry_key = variants = base
+            entry_key = base
             mode = STORE_PLAIN
             marker: list[bytes] = []
             vhash = ""
         else:
             vhash = keys.variant_hash(names, values or [None] * len(names))
             entry_key = keys.variant_key(base, vhash)
-            variants = keys.variants_key(base)
             if found_names == names:
                 mode, marker = STORE_VARY_KEEP_MARKER, []
             else:
@@ -1068,11 +1068,13 @@ return 0
 
 #: ``store`` on a single Redis, as one script (a cluster spreads the indexes over slots and
 #: writes them in a pipeline instead). KEYS: the URL's key, the entry's key (the URL's key
-#: again without Vary), the variants set, the fill lock, the host's two path indexes and the
-#: hosts index (the URL's key when unindexed), then one key per tag. ARGV: ttl ms, now ms,
-#: expiry ms, mode (STORE_*), variant hash, lock token ('' for none), host ('' for none),
-#: path member, prune batch, the number of entry field/value items, those items, then the
-#: Vary marker's items (mode 2). Same commands, same order, as the cluster path.
+#: again without Vary), the variants set (whose members, when the marker's names change or
+#: a plain entry replaces it, are deleted: keys of the URL's slot), the fill lock, the
+#: host's two path indexes and the hosts index (the URL's key when unindexed), then one key
+#: per tag. ARGV: ttl ms, now ms, expiry ms, mode (STORE_*), variant hash, lock token ('' for
+#: none), host ('' for none), path member, prune batch, the number of entry field/value
+#: items, those items, then the Vary marker's items (mode 2). Same commands, same order, as
+#: the cluster path.
 STORE_SCRIPT = """
 -- Redis refuses a script's writes for OOM (maxmemory + noeviction) only until its first
 -- write: a DEL first would let every later write through. This no-op SETRANGE (an absent
@@ -1089,12 +1091,30 @@ local function put(k, first, last)
   redis.call('HSET', k, unpack(ARGV, first, last))
   redis.call('PEXPIRE', k, ttl)
 end
+-- The variants stored under another Vary (or before a response without Vary) must not
+-- come back when a later response names those headers again: the newest response wins.
+local function drop_variants()
+  if redis.call('TYPE', KEYS[3]).ok == 'set' then
+    for _, vh in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+      redis.call('DEL', KEYS[1] .. ':v:' .. vh)
+    end
+  end
+  redis.call('DEL', KEYS[3])
+end
 if mode == '0' then
+  drop_variants()
   put(KEYS[1], 11, 10 + nf)
 else
   if mode == '1' then
     redis.call('PEXPIRE', KEYS[1], ttl, 'GT')
   else
+    local vary = ''
+    for i = 11 + nf, #ARGV - 1, 2 do
+      if ARGV[i] == 'vary' then vary = ARGV[i + 1] end
+    end
+    if redis.call('TYPE', KEYS[1]).ok ~= 'hash' or redis.call('HGET', KEYS[1], 'vary') ~= vary then
+      drop_variants()
+    end
     put(KEYS[1], 11 + nf, #ARGV)
   end
   put(KEYS[2], 11, 10 + nf)

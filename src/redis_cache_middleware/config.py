@@ -165,6 +165,10 @@ class CacheConfig:
                 raise ConfigError(f"cacheable_statuses: {s!r} is not a final status (200-599)")
         if 206 in statuses:
             raise ConfigError("cacheable_statuses: 206 cannot be cached (ranges are not stored)")
+        if 304 in statuses:
+            # A 304 answers one client's conditional request: it has no body, and served
+            # to anyone else it would be an empty page.
+            raise ConfigError("cacheable_statuses: 304 cannot be cached (it has no body to serve)")
         set_(self, "statuses", statuses)
         for option in ("cache_set_cookie", "honour_request_cache_control"):
             if not isinstance(getattr(self, option), bool):

@@ -261,6 +261,8 @@ class Forward:
         self.capturing = False
         self.complete = False
         self.stored_at = 0.0
+        #: Whether the store already ran (before the start message of a response sent whole).
+        self.stored: bool | None = None
         self.send: Send = _nowhere
         #: How it ended, for requests waiting on this fill: ``stored``, ``refused`` (not
         #: storable), ``error`` (the app raised) or ``other``.
@@ -286,7 +288,7 @@ class Forward:
                 await self._serve_revalidated()
                 stored = True
             elif self.capturing and self.complete:
-                stored = await self._store()
+                stored = self.stored if self.stored is not None else await self._store()
             decision = self.decision
             if stored:
                 self.outcome = "stored"
@@ -399,9 +401,16 @@ class Forward:
                 if not more:
                     self.complete = True
                 if self.start is not None:
-                    # Sent whole: we know now that it will be stored. Streamed: we cannot
-                    # know yet, so Cache-Status makes no claim.
-                    await self._release_start(stored=self.complete, detail=None)
+                    if self.complete:
+                        # Sent whole: store it before the client hears back (one round trip,
+                        # bounded by the timeout), so that Cache-Status says what happened.
+                        self.stored = await self._store()
+                        detail = None if self.stored else "redis-error"
+                        await self._release_start(stored=self.stored, detail=detail)
+                    else:
+                        # Streamed: whether it will be stored is known only at its end, so
+                        # Cache-Status makes no claim.
+                        await self._release_start(stored=False, detail=None)
         await self._send(message)
 
     def _entry(

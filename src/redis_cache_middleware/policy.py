@@ -301,6 +301,9 @@ def decide_store(
     # Partial content is never stored: we do not combine ranges.
     if has_content_range or status == 206:
         return refuse("partial")
+    # A 304 answers one client's validators; it is no response for anyone else.
+    if status == 304:
+        return refuse("status")
     cc = parse_cache_control(cc_values)
     # The origin forbids storing.
     if cc.no_store:
