@@ -319,6 +319,59 @@ async def test_authorization_needs_public(cache: RedisCache, framework: str) -> 
     assert "hit" in pub.headers["cache-status"]
 
 
+@pytest.mark.parametrize(
+    "cache_control",
+    [
+        pytest.param("public, max-age=60", id="public"),
+        pytest.param("max-age=5, s-maxage=60", id="s-maxage"),
+        pytest.param("max-age=60, must-revalidate", id="must-revalidate"),
+    ],
+)
+async def test_authorization_shareable_served_to_other_authorised(
+    cache: RedisCache, framework: str, cache_control: str
+) -> None:
+    spec = Spec(headers=[("cache-control", cache_control)], echo_headers=("authorization",))
+    origin = Origin(specs={"/acct": spec})
+    async with make_client(cache, origin, framework) as client:
+        alice = await client.get("/acct", headers={"authorization": "Bearer alice"})
+        bob = await client.get("/acct", headers={"authorization": "Bearer bob"})
+    assert alice.status_code == bob.status_code == 200
+    # The response said it may be shared: Bob gets the entry Alice's request stored.
+    assert alice.content == bob.content == b"/acct? call=1 authorization=Bearer alice"
+    stored = [(b"content-length", b"40"), (b"cache-control", cache_control.encode())]
+    assert alice.headers.raw == [
+        *stored,
+        (b"cache-status", b"redis-cache; fwd=uri-miss; fwd-status=200; stored"),
+    ]
+    assert bob.headers.raw in hit_raw(*stored, ttl=60)
+    assert origin.calls["/acct"] == 1
+
+
+async def test_authorization_without_permission_not_stored(
+    cache: RedisCache, framework: str
+) -> None:
+    spec = Spec(headers=[("cache-control", "max-age=60")], echo_headers=("authorization",))
+    origin = Origin(specs={"/acct": spec})
+    async with make_client(cache, origin, framework) as client:
+        alice = await client.get("/acct", headers={"authorization": "Bearer alice"})
+        bob = await client.get("/acct", headers={"authorization": "Bearer bob"})
+        assert await cache.inspect_url("http://testserver/acct") == []
+        anonymous = await client.get("/acct")
+    refused = b"redis-cache; fwd=uri-miss; fwd-status=200; detail=authorization"
+    for response, who in ((alice, b"alice"), (bob, b"bob")):
+        assert response.status_code == 200
+        assert response.content.endswith(b"authorization=Bearer " + who)
+        assert response.headers.raw == [
+            (b"content-length", str(len(response.content)).encode()),
+            (b"cache-control", b"max-age=60"),
+            (b"cache-status", refused),
+        ]
+    # Nothing of Alice's or Bob's was kept for an anonymous request either.
+    assert anonymous.content == b"/acct? call=3 authorization=None"
+    assert anonymous.headers["cache-status"] == "redis-cache; fwd=uri-miss; fwd-status=200; stored"
+    assert origin.calls["/acct"] == 3
+
+
 async def test_authorized_request_not_served_anonymous_entry(
     cache: RedisCache, framework: str
 ) -> None:
