@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -182,13 +186,72 @@ def test_middleware_good_options_accepted(cache: RedisCache) -> None:
     assert config.is_excluded("/internal/x")
 
 
-def test_middleware_defaults() -> None:
-    config = CacheConfig()
-    assert config.default_ttl is None
-    assert 200 in config.statuses and 206 not in config.statuses
+#: Every CacheMiddleware option's default, as README.md's "Options" table states it.
+MIDDLEWARE_DEFAULTS: dict[str, object] = {
+    "default_ttl": None,
+    "rules": {},
+    "exclude": (),
+    "vary_on": (),
+    "ignore_query_params": (),
+    "max_body_size": 1048576,
+    "cacheable_statuses": frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501}),
+    "cache_set_cookie": False,
+    "bypass_header": None,
+    "bypass_token": None,
+    "honour_request_cache_control": True,
+    "cache_name": "redis-cache",
+    "timeout": 0.1,
+    "tag_rules": {},
+    "keep_tag_header": False,
+    "invalidate_on_unsafe": True,
+    "purge_token": None,
+    "purge_path": "/_cache/purge",
+    "stale_while_revalidate": 0,
+    "stale_if_error": 0,
+    "keep_for_revalidation": 60,
+    "add_etag": False,
+    "coalesce": True,
+    "coalesce_timeout": 5,
+    "hit_for_pass_ttl": 10,
+    "max_background_refreshes": 32,
+    "shutdown_timeout": 5,
+}
+
+
+def readme_options() -> dict[str, str]:
+    """Return README.md's options table: option name -> its default column, unquoted."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("\n## Options\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| (.+?) \|", section, flags=re.MULTILINE)
+    return {name: default.strip("`") for name, default in rows}
+
+
+def test_middleware_defaults(cache: RedisCache) -> None:
+    config = CacheMiddleware(app, cache=cache).config
+    actual = {name: getattr(config, name) for name in MIDDLEWARE_DEFAULTS}
+    actual["cacheable_statuses"] = config.statuses
+    assert actual == MIDDLEWARE_DEFAULTS
+    assert CacheConfig() == config
     assert config.bypass_header_bytes is None
     assert config.rule_for("/anything") == (False, None)
     assert not config.is_excluded("/anything")
+    assert config.tags_for("/anything") == ()
+
+
+def test_middleware_defaults_match_readme_options_table() -> None:
+    documented = readme_options()
+    keyword_only = [
+        p.name
+        for p in inspect.signature(CacheMiddleware).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    assert set(documented) == set(keyword_only) == {"cache", *MIDDLEWARE_DEFAULTS}
+    assert documented.pop("cache") == "required"
+    statuses = documented.pop("cacheable_statuses")
+    assert frozenset(map(int, statuses.split())) == MIDDLEWARE_DEFAULTS["cacheable_statuses"]
+    assert {k: ast.literal_eval(v) for k, v in documented.items()} == {
+        k: v for k, v in MIDDLEWARE_DEFAULTS.items() if k != "cacheable_statuses"
+    }
 
 
 @pytest.mark.parametrize("status", [200, 303, 599])
@@ -237,6 +300,33 @@ def test_redis_cache_decode_responses_raises() -> None:
     client = fakeredis.FakeAsyncRedis(decode_responses=True)
     with pytest.raises(ConfigError, match=names_option("client")):
         RedisCache(client)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: RedisCache(fakeredis.FakeAsyncRedis()), id="client"),
+        pytest.param(lambda: RedisCache.from_url("redis://127.0.0.1:6379/0"), id="from_url"),
+    ],
+)
+def test_redis_cache_defaults(make: Callable[[], RedisCache]) -> None:
+    cache = make()
+    assert cache.namespace == "cache"
+    assert cache._on_purge is None
+    assert (cache.breaker.threshold, cache.breaker.cooldown) == (5, 5.0)
+    assert cache.breaker.state == "closed"
+    assert cache._generation_interval == 1.0
+    assert cache.admin_timeout == 5.0
+
+
+def test_redis_cache_from_url_retries_once_and_connects_fast() -> None:
+    cache = RedisCache.from_url("redis://127.0.0.1:6379/0")
+    # The client's retry, and the copy each connection of its pool runs commands with.
+    connection = cache.client.connection_pool.make_connection()
+    for retry in (cache.client.get_connection_kwargs()["retry"], connection.retry):
+        assert retry._retries in (0, 1)  # not redis-py's default 3, nor -1 ("forever")
+    assert connection.socket_connect_timeout == 0.5
+    assert connection.socket_timeout is None
 
 
 def test_redis_cache_client_not_owned() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import string
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +13,10 @@ import httpx
 import pytest
 
 from example_app import create_app
+from example_app.app import NAMESPACE
 from redis_cache_middleware import RedisCache
+
+from .conftest import RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -67,32 +72,59 @@ async def test_index_lists_endpoints(client: httpx.AsyncClient) -> None:
     assert "PUT /users/{user_id}" in endpoints
 
 
-async def test_quote_is_a_miss_then_a_hit(client: httpx.AsyncClient) -> None:
+async def check_quote_miss_then_hit(client: httpx.AsyncClient, symbol: str, other: str) -> None:
+    """The first quote is a stored miss, the second a hit the upstream never sees."""
     assert await upstream_calls(client) == 0
 
-    first = await client.get("/quotes/AAPL")
+    first = await client.get(f"/quotes/{symbol}")
     assert first.status_code == 200
     assert first.headers["cache-control"] == "public, max-age=10"
-    assert "fwd=" in first.headers["cache-status"]
-    assert "stored" in first.headers["cache-status"]
+    assert first.headers["cache-status"] == "redis-cache; fwd=uri-miss; fwd-status=200; stored"
+    assert "age" not in first.headers
     assert await upstream_calls(client) == 1
     quote = first.json()
-    assert quote["symbol"] == "AAPL"
+    assert quote["symbol"] == symbol
     assert quote["price"] > 0
 
-    second = await client.get("/quotes/AAPL")
+    second = await client.get(f"/quotes/{symbol}")
     assert second.status_code == 200
-    assert "hit" in second.headers["cache-status"]
-    assert "fwd=" not in second.headers["cache-status"]
+    assert second.headers["cache-status"] in ("redis-cache; hit; ttl=10", "redis-cache; hit; ttl=9")
+    assert second.headers["age"] in ("0", "1")
+    assert second.headers["cache-control"] == "public, max-age=10"
     assert second.content == first.content
     assert await upstream_calls(client) == 1
 
     # Another symbol is another URL: a miss that reaches the upstream.
-    other = await client.get("/quotes/msft")
-    assert other.status_code == 200
-    assert other.json()["symbol"] == "MSFT"
-    assert "stored" in other.headers["cache-status"]
+    lower = await client.get(f"/quotes/{other.lower()}")
+    assert lower.status_code == 200
+    assert lower.json()["symbol"] == other
+    assert lower.headers["cache-status"] == "redis-cache; fwd=uri-miss; fwd-status=200; stored"
     assert await upstream_calls(client) == 2
+
+
+async def test_quote_is_a_miss_then_a_hit(client: httpx.AsyncClient) -> None:
+    await check_quote_miss_then_hit(client, "AAPL", "MSFT")
+
+
+async def test_quote_is_a_miss_then_a_hit_in_real_redis(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    app = create_app(upstream_latency=0.01)  # its cache comes from REDIS_URL
+    cache = app.state.cache
+    assert not isinstance(cache.client, fakeredis.FakeAsyncRedis)
+    # The app's namespace is fixed: symbols of their own keep runs sharing a server apart.
+    symbol, other = ("".join(random.choices(string.ascii_uppercase, k=10)) for _ in range(2))
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+            await check_quote_miss_then_hit(client, symbol, other)
+        # The entry lives in that server: a cache of its own finds it there.
+        async with RedisCache.from_url(redis_server.url, namespace=NAMESPACE) as reader:
+            [entry] = await reader.inspect_url(f"{BASE_URL}/quotes/{symbol}")
+        assert (entry.status, entry.fresh_for) == (200, 10)
+    finally:
+        await cache.aclose()
 
 
 @pytest.mark.parametrize("symbol", ["TOOLONGSYMBOL", "AB1", "A-B"])

@@ -6,13 +6,14 @@ import asyncio
 import logging
 import socket
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis.asyncio
 
-from redis_cache_middleware import RedisCache, keys
+from redis_cache_middleware import CacheMiddleware, RedisCache, keys
 from redis_cache_middleware.entry import SCHEMA_VERSION, decode
 
 from .conftest import RedisServer
@@ -123,6 +124,85 @@ async def test_streamed_5mb_body_delivered_whole_and_not_stored(cache: RedisCach
     assert "hit" not in second.headers["cache-status"]
     assert origin.calls["/big"] == 2
     assert cache.stats.not_stored["too-large"] == 2
+
+
+@pytest.mark.parametrize(
+    ("chunk", "status"),
+    [
+        # The first chunk with the headers is over max_body_size already: the start says so.
+        pytest.param(1 << 20, b"; detail=too-large", id="1MiB-chunks"),
+        # The first chunks are kept, then dropped mid-stream; the start made no claim.
+        pytest.param(1 << 18, b"", id="256KiB-chunks"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["fakeredis", "redis"])
+async def test_streamed_50mib_memory_stays_bounded_and_chunks_interleave(
+    cache: RedisCache, redis_client: Any, namespace: str, backend: str, chunk: int, status: bytes
+) -> None:
+    # Raw ASGI, no client buffering: 50 MiB in distinct chunks through the default
+    # max_body_size. The app builds each chunk only once the previous one reached send.
+    count = 50 * (1 << 20) // chunk
+    delivered: list[tuple[int, int, bool]] = []  # (len, first byte, more_body)
+    delivered_before: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1")]})
+        for i in range(count):
+            delivered_before.append(len(delivered))
+            body = bytes((i % 251,)) * chunk
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            del body  # the app holds one chunk at a time
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    starts: list[Any] = []
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            starts.append(message)
+        else:  # keep no body: only what identifies it
+            body = message["body"]
+            delivered.append((len(body), body[0] if body else -1, message["more_body"]))
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/stream",
+        "raw_path": b"/stream",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    middleware = CacheMiddleware(app, cache=cache, default_ttl=60)
+    limit = middleware.config.max_body_size
+    assert limit == 1024 * 1024
+    await redis_client.ping()  # the connection exists before tracing starts
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        await middleware(scope, receive, send)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * limit, f"traced peak {peak / (1 << 20):.2f} MiB"
+    assert delivered_before == list(range(count))
+    assert delivered == [(chunk, i % 251, True) for i in range(count)] + [(0, -1, False)]
+    cache_status = b"redis-cache; fwd=uri-miss; fwd-status=200" + status
+    assert [(m["status"], m["headers"]) for m in starts] == [
+        (200, [(b"x-a", b"1"), (b"cache-status", cache_status)])
+    ]
+    assert cache.stats.stored == 0 and cache.stats.not_stored["too-large"] == 1
+    assert await cache.inspect_url("http://testserver/stream") == []
+    kinds = {k: await redis_client.type(k) async for k in redis_client.scan_iter(f"{namespace}:*")}
+    assert b"hash" not in kinds.values(), kinds
 
 
 async def test_streamed_small_body_is_stored(cache: RedisCache) -> None:

@@ -19,6 +19,18 @@ def framework(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def hit_raw(*headers: tuple[bytes, bytes], ttl: int) -> list[list[tuple[bytes, bytes]]]:
+    """The raw headers of a hit on an entry stored 0 or 1 s before, with ``ttl`` s at first."""
+    return [
+        [
+            *headers,
+            (b"age", b"%d" % age),
+            (b"cache-status", b"redis-cache; hit; ttl=%d" % (ttl - age)),
+        ]
+        for age in (0, 1)
+    ]
+
+
 async def test_hit_served_without_calling_app(cache: RedisCache, framework: str) -> None:
     origin = Origin()
     async with make_client(cache, origin, framework, default_ttl=60) as client:
@@ -36,7 +48,9 @@ async def test_hit_served_without_calling_app(cache: RedisCache, framework: str)
     assert "age" not in first.headers
 
 
-async def test_hit_replays_headers_in_order_with_duplicates(cache: RedisCache) -> None:
+async def test_hit_replays_headers_in_order_with_duplicates(
+    cache: RedisCache, framework: str
+) -> None:
     origin = Origin(
         specs={
             "/h": Spec(
@@ -45,7 +59,7 @@ async def test_hit_replays_headers_in_order_with_duplicates(cache: RedisCache) -
             )
         }
     )
-    async with make_client(cache, origin, default_ttl=60) as client:
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
         first = await client.get("/h")
         second = await client.get("/h")
     strip = {"cache-status", "age"}
@@ -57,9 +71,9 @@ async def test_hit_replays_headers_in_order_with_duplicates(cache: RedisCache) -
     assert origin.calls["/h"] == 1
 
 
-async def test_query_order_does_not_matter_but_values_do(cache: RedisCache) -> None:
+async def test_query_order_does_not_matter_but_values_do(cache: RedisCache, framework: str) -> None:
     origin = Origin()
-    async with make_client(cache, origin, default_ttl=60) as client:
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
         a = await client.get("/q?a=1&b=2")
         b = await client.get("/q?b=2&a=1")
         c = await client.get("/q?a=1&b=3")
@@ -73,10 +87,10 @@ async def test_query_order_does_not_matter_but_values_do(cache: RedisCache) -> N
     assert origin.calls["/q"] == 4
 
 
-async def test_ignore_query_params(cache: RedisCache) -> None:
+async def test_ignore_query_params(cache: RedisCache, framework: str) -> None:
     origin = Origin()
     async with make_client(
-        cache, origin, default_ttl=60, ignore_query_params=["utm_*", "fbclid"]
+        cache, origin, framework, default_ttl=60, ignore_query_params=["utm_*", "fbclid"]
     ) as client:
         await client.get("/p?id=1&utm_source=x")
         hit = await client.get("/p?fbclid=zz&id=1&utm_medium=y")
@@ -86,9 +100,9 @@ async def test_ignore_query_params(cache: RedisCache) -> None:
     assert origin.calls["/p"] == 2
 
 
-async def test_host_is_part_of_key(cache: RedisCache) -> None:
+async def test_host_is_part_of_key(cache: RedisCache, framework: str) -> None:
     origin = Origin()
-    async with make_client(cache, origin, default_ttl=60) as client:
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
         await client.get("/x", headers={"host": "a.example"})
         other = await client.get("/x", headers={"host": "b.example"})
         same = await client.get("/x", headers={"host": "A.EXAMPLE:80"})
@@ -96,9 +110,9 @@ async def test_host_is_part_of_key(cache: RedisCache) -> None:
     assert "hit" in same.headers["cache-status"]
 
 
-async def test_head_answered_from_get_entry(cache: RedisCache) -> None:
+async def test_head_answered_from_get_entry(cache: RedisCache, framework: str) -> None:
     origin = Origin()
-    async with make_client(cache, origin, default_ttl=60) as client:
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
         head_miss = await client.head("/r")
         get = await client.get("/r")
         head_hit = await client.head("/r")
@@ -110,11 +124,26 @@ async def test_head_answered_from_get_entry(cache: RedisCache) -> None:
     assert origin.calls["/r"] == 2
 
 
-async def test_vary_keeps_variants_apart(cache: RedisCache) -> None:
+async def test_streamed_response_passes_through_then_replays_whole(
+    cache: RedisCache, framework: str
+) -> None:
+    origin = Origin(specs={"/st": Spec(chunks=[b"one,", b"two,", b"three"])})
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
+        first = await client.get("/st")
+        second = await client.get("/st")
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content == b"one,two,three"
+    # Streamed: no length up front, and no claim of "stored" before the end.
+    assert first.headers.raw == [(b"cache-status", b"redis-cache; fwd=uri-miss; fwd-status=200")]
+    assert second.headers.raw in hit_raw((b"content-length", b"13"), ttl=60)
+    assert origin.calls["/st"] == 1
+
+
+async def test_vary_keeps_variants_apart(cache: RedisCache, framework: str) -> None:
     origin = Origin(
         specs={"/v": Spec(headers=[("vary", "Accept-Language")], echo_headers=("accept-language",))}
     )
-    async with make_client(cache, origin, default_ttl=60) as client:
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
         en = await client.get("/v", headers={"accept-language": "en"})
         fr = await client.get("/v", headers={"accept-language": "fr"})
         en2 = await client.get("/v", headers={"accept-language": "en"})
@@ -134,10 +163,10 @@ async def test_vary_keeps_variants_apart(cache: RedisCache) -> None:
     assert origin.calls["/v"] == 4
 
 
-async def test_vary_change_never_serves_wrong_variant(cache: RedisCache) -> None:
+async def test_vary_change_never_serves_wrong_variant(cache: RedisCache, framework: str) -> None:
     spec = Spec(headers=[("vary", "accept-language")], echo_headers=("accept-language", "x-v"))
     origin = Origin(specs={"/vc": spec})
-    async with make_client(cache, origin, default_ttl=60) as client:
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
         await client.get("/vc", headers={"accept-language": "en", "x-v": "1"})
         # The app changes its Vary: now it varies on x-v only.
         spec.headers = [("vary", "x-v")]
@@ -191,9 +220,9 @@ async def test_variants_of_a_vary_that_changed_and_changed_back_never_come_back(
     assert await cache.purge_url("http://testserver/ab") == 2
 
 
-async def test_vary_star_never_stored(cache: RedisCache) -> None:
+async def test_vary_star_never_stored(cache: RedisCache, framework: str) -> None:
     origin = Origin(specs={"/s": Spec(headers=[("vary", "*")])})
-    async with make_client(cache, origin, default_ttl=60) as client:
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
         r1 = await client.get("/s")
         r2 = await client.get("/s")
     assert r1.headers["cache-status"].endswith("detail=vary-star")
@@ -201,9 +230,11 @@ async def test_vary_star_never_stored(cache: RedisCache) -> None:
     assert origin.calls["/s"] == 2
 
 
-async def test_vary_on_always_keys_on_header(cache: RedisCache) -> None:
+async def test_vary_on_always_keys_on_header(cache: RedisCache, framework: str) -> None:
     origin = Origin(specs={"/t": Spec(echo_headers=("x-tenant",))})
-    async with make_client(cache, origin, default_ttl=60, vary_on=["X-Tenant"]) as client:
+    async with make_client(
+        cache, origin, framework, default_ttl=60, vary_on=["X-Tenant"]
+    ) as client:
         a = await client.get("/t", headers={"x-tenant": "a"})
         b = await client.get("/t", headers={"x-tenant": "b"})
         a2 = await client.get("/t", headers={"x-tenant": "a"})
@@ -234,10 +265,10 @@ async def test_purge_url_removes_every_variant(cache: RedisCache) -> None:
     ],
 )
 async def test_response_never_stored(
-    cache: RedisCache, headers: list[tuple[str, str]], detail: str
+    cache: RedisCache, headers: list[tuple[str, str]], detail: str, framework: str
 ) -> None:
     origin = Origin(specs={"/n": Spec(headers=headers)})
-    async with make_client(cache, origin, default_ttl=60) as client:
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
         r1 = await client.get("/n")
         r2 = await client.get("/n")
     assert (
@@ -247,9 +278,11 @@ async def test_response_never_stored(
     assert origin.calls["/n"] == 2
 
 
-async def test_set_cookie_cached_when_configured(cache: RedisCache) -> None:
+async def test_set_cookie_cached_when_configured(cache: RedisCache, framework: str) -> None:
     origin = Origin(specs={"/c": Spec(headers=[("set-cookie", "theme=dark")])})
-    async with make_client(cache, origin, default_ttl=60, cache_set_cookie=True) as client:
+    async with make_client(
+        cache, origin, framework, default_ttl=60, cache_set_cookie=True
+    ) as client:
         await client.get("/c")
         r2 = await client.get("/c")
     assert "hit" in r2.headers["cache-status"]
@@ -271,9 +304,11 @@ async def test_404_is_cacheable_by_default(cache: RedisCache) -> None:
     assert r.status_code == 404 and "hit" in r.headers["cache-status"]
 
 
-async def test_default_ttl_none_stores_only_explicit_freshness(cache: RedisCache) -> None:
+async def test_default_ttl_none_stores_only_explicit_freshness(
+    cache: RedisCache, framework: str
+) -> None:
     origin = Origin(specs={"/explicit": Spec(headers=[("cache-control", "max-age=30")])})
-    async with make_client(cache, origin) as client:
+    async with make_client(cache, origin, framework) as client:
         implicit = await client.get("/implicit")
         await client.get("/explicit")
         explicit = await client.get("/explicit")
@@ -284,18 +319,20 @@ async def test_default_ttl_none_stores_only_explicit_freshness(cache: RedisCache
     )
 
 
-async def test_s_maxage_wins_over_max_age(cache: RedisCache) -> None:
+async def test_s_maxage_wins_over_max_age(cache: RedisCache, framework: str) -> None:
     origin = Origin(specs={"/sm": Spec(headers=[("cache-control", "max-age=5, s-maxage=300")])})
-    async with make_client(cache, origin) as client:
+    async with make_client(cache, origin, framework) as client:
         await client.get("/sm")
         r = await client.get("/sm")
     ttl = int(r.headers["cache-status"].rsplit("ttl=", 1)[1])
     assert 298 <= ttl <= 300
 
 
-async def test_response_no_cache_stored_but_always_forwarded(cache: RedisCache) -> None:
+async def test_response_no_cache_stored_but_always_forwarded(
+    cache: RedisCache, framework: str
+) -> None:
     origin = Origin(specs={"/nc": Spec(headers=[("cache-control", "no-cache, max-age=60")])})
-    async with make_client(cache, origin) as client:
+    async with make_client(cache, origin, framework) as client:
         r1 = await client.get("/nc")
         r2 = await client.get("/nc")
     assert r1.headers["cache-status"].endswith("stored")
@@ -303,14 +340,14 @@ async def test_response_no_cache_stored_but_always_forwarded(cache: RedisCache) 
     assert origin.calls["/nc"] == 2
 
 
-async def test_authorization_needs_public(cache: RedisCache) -> None:
+async def test_authorization_needs_public(cache: RedisCache, framework: str) -> None:
     origin = Origin(
         specs={
             "/me": Spec(headers=[("cache-control", "max-age=60")], echo_headers=("authorization",)),
             "/pub": Spec(headers=[("cache-control", "public, max-age=60")]),
         }
     )
-    async with make_client(cache, origin) as client:
+    async with make_client(cache, origin, framework) as client:
         alice = await client.get("/me", headers={"authorization": "Bearer alice"})
         bob = await client.get("/me", headers={"authorization": "Bearer bob"})
         await client.get("/pub", headers={"authorization": "Bearer alice"})
@@ -320,7 +357,62 @@ async def test_authorization_needs_public(cache: RedisCache) -> None:
     assert "hit" in pub.headers["cache-status"]
 
 
-async def test_authorized_request_not_served_anonymous_entry(cache: RedisCache) -> None:
+@pytest.mark.parametrize(
+    "cache_control",
+    [
+        pytest.param("public, max-age=60", id="public"),
+        pytest.param("max-age=5, s-maxage=60", id="s-maxage"),
+        pytest.param("max-age=60, must-revalidate", id="must-revalidate"),
+    ],
+)
+async def test_authorization_shareable_served_to_other_authorised(
+    cache: RedisCache, framework: str, cache_control: str
+) -> None:
+    spec = Spec(headers=[("cache-control", cache_control)], echo_headers=("authorization",))
+    origin = Origin(specs={"/acct": spec})
+    async with make_client(cache, origin, framework) as client:
+        alice = await client.get("/acct", headers={"authorization": "Bearer alice"})
+        bob = await client.get("/acct", headers={"authorization": "Bearer bob"})
+    assert alice.status_code == bob.status_code == 200
+    # The response said it may be shared: Bob gets the entry Alice's request stored.
+    assert alice.content == bob.content == b"/acct? call=1 authorization=Bearer alice"
+    stored = [(b"content-length", b"40"), (b"cache-control", cache_control.encode())]
+    assert alice.headers.raw == [
+        *stored,
+        (b"cache-status", b"redis-cache; fwd=uri-miss; fwd-status=200; stored"),
+    ]
+    assert bob.headers.raw in hit_raw(*stored, ttl=60)
+    assert origin.calls["/acct"] == 1
+
+
+async def test_authorization_without_permission_not_stored(
+    cache: RedisCache, framework: str
+) -> None:
+    spec = Spec(headers=[("cache-control", "max-age=60")], echo_headers=("authorization",))
+    origin = Origin(specs={"/acct": spec})
+    async with make_client(cache, origin, framework) as client:
+        alice = await client.get("/acct", headers={"authorization": "Bearer alice"})
+        bob = await client.get("/acct", headers={"authorization": "Bearer bob"})
+        assert await cache.inspect_url("http://testserver/acct") == []
+        anonymous = await client.get("/acct")
+    refused = b"redis-cache; fwd=uri-miss; fwd-status=200; detail=authorization"
+    for response, who in ((alice, b"alice"), (bob, b"bob")):
+        assert response.status_code == 200
+        assert response.content.endswith(b"authorization=Bearer " + who)
+        assert response.headers.raw == [
+            (b"content-length", str(len(response.content)).encode()),
+            (b"cache-control", b"max-age=60"),
+            (b"cache-status", refused),
+        ]
+    # Nothing of Alice's or Bob's was kept for an anonymous request either.
+    assert anonymous.content == b"/acct? call=3 authorization=None"
+    assert anonymous.headers["cache-status"] == "redis-cache; fwd=uri-miss; fwd-status=200; stored"
+    assert origin.calls["/acct"] == 3
+
+
+async def test_authorized_request_not_served_anonymous_entry(
+    cache: RedisCache, framework: str
+) -> None:
     origin = Origin(
         specs={
             "/feed": Spec(
@@ -328,7 +420,7 @@ async def test_authorized_request_not_served_anonymous_entry(cache: RedisCache) 
             )
         }
     )
-    async with make_client(cache, origin) as client:
+    async with make_client(cache, origin, framework) as client:
         await client.get("/feed")
         authed = await client.get("/feed", headers={"authorization": "Bearer carol"})
     assert "hit" not in authed.headers["cache-status"]
@@ -343,10 +435,10 @@ async def test_authorized_request_not_served_anonymous_entry(cache: RedisCache) 
     ],
 )
 async def test_request_cache_control_forwarding(
-    cache: RedisCache, request_cc: str, fwd: str, stores: bool
+    cache: RedisCache, request_cc: str, fwd: str, stores: bool, framework: str
 ) -> None:
     origin = Origin()
-    async with make_client(cache, origin, default_ttl=60) as client:
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
         await client.get("/rc")
         forced = await client.get("/rc", headers={"cache-control": request_cc})
         after = await client.get("/rc")
@@ -358,9 +450,11 @@ async def test_request_cache_control_forwarding(
         assert after.content != forced.content
 
 
-async def test_request_max_age(cache: RedisCache, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_request_max_age(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch, framework: str
+) -> None:
     origin = Origin()
-    async with make_client(cache, origin, default_ttl=60) as client:
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
         await client.get("/ma")
         _advance_clock(monkeypatch, 10)
         young_enough = await client.get("/ma", headers={"cache-control": "max-age=20"})
@@ -370,9 +464,9 @@ async def test_request_max_age(cache: RedisCache, monkeypatch: pytest.MonkeyPatc
     assert "fwd=stale" in too_old.headers["cache-status"]
 
 
-async def test_only_if_cached(cache: RedisCache) -> None:
+async def test_only_if_cached(cache: RedisCache, framework: str) -> None:
     origin = Origin()
-    async with make_client(cache, origin, default_ttl=60) as client:
+    async with make_client(cache, origin, framework, default_ttl=60) as client:
         miss = await client.get("/oic", headers={"cache-control": "only-if-cached"})
         await client.get("/oic")
         hit = await client.get("/oic", headers={"cache-control": "only-if-cached"})
@@ -381,10 +475,12 @@ async def test_only_if_cached(cache: RedisCache) -> None:
     assert hit.status_code == 200
 
 
-async def test_request_cache_control_ignored_when_not_honoured(cache: RedisCache) -> None:
+async def test_request_cache_control_ignored_when_not_honoured(
+    cache: RedisCache, framework: str
+) -> None:
     origin = Origin()
     async with make_client(
-        cache, origin, default_ttl=60, honour_request_cache_control=False
+        cache, origin, framework, default_ttl=60, honour_request_cache_control=False
     ) as client:
         await client.get("/ig")
         r = await client.get("/ig", headers={"cache-control": "no-cache"})
