@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 import pytest
+import redis.asyncio
+import redis.exceptions
 
 from redis_cache_middleware import RedisCache, keys
 from redis_cache_middleware.cache import PurgeEvent
@@ -355,6 +357,120 @@ async def test_entry_tagged_during_purge_tag_stays_purgeable(
         monkeypatch.setattr(cache, "_unlink", unlink)
         assert await cache.purge_tag("x") == 1
         assert "hit" not in _status(await client.get("/b"))
+
+
+def _store_again_after_unlink(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch, client: Any, path: str
+) -> list[str]:
+    """Make the cache's next purge store ``path`` again right after deleting the entries and
+    before cleaning the indexes (a fill reaching Redis between the purge's steps); return
+    the list that receives that request's Cache-Status."""
+    unlink = cache._unlink
+    statuses: list[str] = []
+
+    async def unlink_then_store(groups: Any) -> list[int]:
+        removed = await unlink(groups)
+        if not statuses:
+            statuses.append(_status(await client.get(path)))
+        return removed
+
+    monkeypatch.setattr(cache, "_unlink", unlink_then_store)
+    return statuses
+
+
+def _freeze_cache_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop the wall clock the cache scores its indexes with: a URL stored again gets the
+    very expiry it had (as two stores under one ``Expires`` date can)."""
+    from types import SimpleNamespace
+
+    from redis_cache_middleware import cache as cache_module
+
+    frozen = time.time()
+    clock = SimpleNamespace(time=lambda: frozen, monotonic=time.monotonic)
+    monkeypatch.setattr(cache_module, "time", clock)
+
+
+EXPIRIES = pytest.mark.parametrize("same_expiry", [False, True], ids=["new-expiry", "same-expiry"])
+
+
+@EXPIRIES
+async def test_url_stored_again_during_purge_tag_stays_purgeable(
+    cache: RedisCache, redis_client: Any, monkeypatch: pytest.MonkeyPatch, same_expiry: bool
+) -> None:
+    if same_expiry:
+        _freeze_cache_clock(monkeypatch)
+    origin = Origin(specs={"/a": Spec(headers=[("surrogate-key", "x")])})
+    tkey = keys.tag_key(cache.namespace, 0, "x")
+    member = keys.url_key(cache.namespace, 0, cache.hash_for_url("http://testserver/a"))
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/a")
+        first_score = await redis_client.zscore(tkey, member)
+        refill = _store_again_after_unlink(cache, monkeypatch, client, "/a")
+        assert await cache.purge_tag("x") == 1
+        assert refill[0].endswith("; stored")
+        # The new entry kept its membership, with the score its store gave it.
+        score = await redis_client.zscore(tkey, member)
+        assert score is not None and score == int(score)
+        assert (score == first_score) is same_expiry
+        assert "hit" in _status(await client.get("/a"))
+        assert await cache.purge_tag("x") == 1
+        assert "hit" not in _status(await client.get("/a"))
+        assert origin.calls["/a"] == 3
+    # A purge nothing raced with leaves nothing in the index.
+    assert await cache.purge_tag("x") == 1
+    assert await redis_client.zcard(tkey) == 0
+
+
+@EXPIRIES
+async def test_url_stored_again_during_purge_prefix_stays_purgeable(
+    cache: RedisCache, redis_client: Any, monkeypatch: pytest.MonkeyPatch, same_expiry: bool
+) -> None:
+    if same_expiry:
+        _freeze_cache_clock(monkeypatch)
+    origin = Origin()
+    lex, exp = keys.prefix_keys(cache.namespace, 0, b"testserver")
+    member = keys.path_member("/docs/a", cache.hash_for_url("http://testserver/docs/a"))
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/docs/a")
+        first_score = await redis_client.zscore(exp, member)
+        refill = _store_again_after_unlink(cache, monkeypatch, client, "/docs/a")
+        assert await cache.purge_prefix("/docs") == 1
+        assert refill[0].endswith("; stored")
+        assert await redis_client.zscore(lex, member) == 0
+        score = await redis_client.zscore(exp, member)
+        assert score is not None and score == int(score)
+        assert (score == first_score) is same_expiry
+        assert "hit" in _status(await client.get("/docs/a"))
+        assert await cache.purge_prefix("/docs", host="testserver") == 1
+        assert "hit" not in _status(await client.get("/docs/a"))
+        assert origin.calls["/docs/a"] == 3
+    assert await cache.purge_prefix("/docs") == 1
+    assert await redis_client.zcard(lex) == 0 and await redis_client.zcard(exp) == 0
+
+
+async def test_purges_work_on_a_full_redis(own_redis_server: Any, namespace: str) -> None:
+    """Purging frees memory, so it must run when Redis refuses writes (noeviction)."""
+    admin = redis.asyncio.Redis.from_url(own_redis_server.url)
+    cache = RedisCache.from_url(own_redis_server.url, namespace=namespace)
+    origin = Origin(specs={f"/full/{i}": Spec(headers=[("surrogate-key", "t")]) for i in range(3)})
+    tkey = keys.tag_key(namespace, 0, "t")
+    lex, exp = keys.prefix_keys(namespace, 0, b"testserver")
+    try:
+        async with make_client(cache, origin, default_ttl=60) as client:
+            for i in range(5):
+                await client.get(f"/full/{i}")
+            await admin.config_set("maxmemory-policy", "noeviction")
+            await admin.config_set("maxmemory", "1")
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                await admin.set(f"{namespace}:probe", b"x")
+            assert await cache.purge_tag("t") == 3
+            assert await cache.purge_prefix("/full") == 2
+            assert await admin.zcard(tkey) == 0
+            assert await admin.zcard(lex) == 0 and await admin.zcard(exp) == 0
+    finally:
+        await admin.config_set("maxmemory", "0")
+        await cache.aclose()
+        await admin.aclose()
 
 
 async def test_purge_url_ignores_user_info(cache: RedisCache) -> None:
