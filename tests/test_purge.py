@@ -181,23 +181,48 @@ async def test_clear_seen_by_another_process_within_interval(
         assert "hit" not in _status(after) or after.content == (await c1.get("/shared")).content
 
 
-async def test_purge_during_concurrent_reads(cache: RedisCache) -> None:
+async def test_purge_during_concurrent_reads(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
     origin = Origin()
+    readers, reads = 5, 4
+
+    async def burst(client: Any) -> list[Any]:
+        async def reader() -> list[Any]:
+            return [await client.get("/hot") for _ in range(reads)]
+
+        batches = await asyncio.gather(*(reader() for _ in range(readers)))
+        return [response for batch in batches for response in batch]
+
     async with make_client(cache, origin, default_ttl=60) as client:
-        await client.get("/hot")
+        old = (await client.get("/hot")).content
+        unlink = cache._unlink
+        seen: dict[str, list[Any]] = {}
 
-        async def reader() -> list[str]:
-            return [_status(await client.get("/hot")) for _ in range(20)]
+        async def unlink_amid_reads(groups: Any) -> list[int]:
+            # Concurrent reads while the purge runs: before its UNLINK and after it.
+            seen["before"] = await burst(client)
+            removed = await unlink(groups)
+            seen["after"] = await burst(client)
+            return removed
 
-        readers = [asyncio.create_task(reader()) for _ in range(5)]
-        await asyncio.sleep(0)
+        monkeypatch.setattr(cache, "_unlink", unlink_amid_reads)
         removed = await cache.purge_url("http://testserver/hot")
-        results = await asyncio.gather(*readers)
         final = await client.get("/hot")
-    assert removed in (0, 1)
-    assert all(r.startswith("redis-cache;") for batch in results for r in batch)
-    assert "hit" in _status(final)
-    assert origin.calls["/hot"] >= 2
+    assert removed == 1
+    # Before the UNLINK every read is a hit on the old entry.
+    assert all(r.status_code == 200 and r.content == old for r in seen["before"])
+    assert all("; hit" in _status(r) for r in seen["before"])
+    # After it no read sees the old entry; the concurrent misses make one app call between
+    # them (one fills, the others wait for its entry), and every later read is a hit.
+    after = seen["after"]
+    assert all(r.status_code == 200 and r.content != old for r in after)
+    assert len({r.content for r in after}) == 1
+    assert sum(_status(r).endswith("; stored") for r in after) == 1
+    assert sum("collapsed" in _status(r) for r in after) == readers - 1
+    assert sum("; hit" in _status(r) for r in after) == readers * (reads - 1)
+    assert "hit" in _status(final) and final.content == after[0].content
+    assert origin.calls["/hot"] == 2
 
 
 async def test_on_purge_hook_receives_events(redis_client: Any, namespace: str) -> None:
