@@ -327,6 +327,96 @@ async def test_invalidation_can_be_turned_off(cache: RedisCache) -> None:
         assert "hit" in _status(await c.get("/keep"))
 
 
+async def test_invalidation_calls_on_purge_behind_the_response(
+    redis_client: Any, namespace: str
+) -> None:
+    events: list[PurgeEvent] = []
+    release = asyncio.Event()
+
+    async def hook(event: PurgeEvent) -> None:
+        await release.wait()  # a slow CDN
+        events.append(event)
+
+    cache = RedisCache(redis_client, namespace=namespace, on_purge=hook)
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/users")
+        await client.get("/users/9")
+        origin.specs["/users"] = Spec(status=201, headers=[("location", "/users/9")])
+        response = await asyncio.wait_for(client.post("/users"), 5)
+        # The client has its answer while the hook still waits, and the purge is done.
+        assert response.status_code == 201 and events == []
+        assert "hit" not in _status(await client.get("/users/9"))
+        release.set()
+        await cache.aclose()  # waits for the hook calls still running
+    assert events == [
+        PurgeEvent("invalidate", ("http://testserver/users", "http://testserver/users/9"), 2)
+    ]
+
+
+async def test_invalidation_calls_a_sync_on_purge_with_purgeable_urls(
+    redis_client: Any, namespace: str
+) -> None:
+    events: list[PurgeEvent] = []
+    cache = RedisCache(redis_client, namespace=namespace, on_purge=events.append)
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/items/a b?x=1")
+        await client.put("/items/a b?x=1")
+        await client.post("/items/none")
+        origin.specs["/items/error"] = Spec(status=500)
+        await client.post("/items/error")  # an error answer invalidates nothing
+        await client.get("/items/a b?x=1")
+        await cache.aclose()
+    assert events == [
+        PurgeEvent("invalidate", ("http://testserver/items/a%20b?x=1",), 1),
+        PurgeEvent("invalidate", ("http://testserver/items/none",), 0),
+    ]
+    # The URLs are the ones purge_url takes: forwarding them purges the same entries.
+    assert await cache.purge_url(events[0].values[0]) == 1
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_failing_on_purge_hook_never_breaks_an_invalidation(
+    redis_client: Any, namespace: str, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def sync_hook(event: PurgeEvent) -> None:
+        raise RuntimeError("cdn down")
+
+    async def async_hook(event: PurgeEvent) -> None:
+        raise RuntimeError("cdn down")
+
+    hook = sync_hook if kind == "sync" else async_hook
+    cache = RedisCache(redis_client, namespace=namespace, on_purge=hook)
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/f")
+        response = await client.delete("/f")
+        await cache.aclose()
+        after = await client.get("/f")
+    assert response.status_code == 200
+    assert "hit" not in _status(after) and cache.stats.invalidated == 1
+    assert any("on_purge hook failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_invalidation_tells_on_purge_when_redis_failed(
+    redis_client: Any, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[PurgeEvent] = []
+    cache = RedisCache(redis_client, namespace=namespace, on_purge=events.append)
+
+    async def redis_down(uhashes: Any) -> int:
+        raise ConnectionError("redis down")
+
+    monkeypatch.setattr(cache, "purge_hashes", redis_down)
+    async with make_client(cache, Origin(), default_ttl=60) as client:
+        response = await client.patch("/down")
+        await cache.aclose()
+    # The URL changed all the same: a CDN must still hear of it.
+    assert response.status_code == 200
+    assert events == [PurgeEvent("invalidate", ("http://testserver/down",), None)]
+
+
 async def test_inspect_url_lists_variants(cache: RedisCache) -> None:
     origin = Origin(
         specs={"/i": Spec(headers=[("vary", "accept-language, cookie"), ("surrogate-key", "i")])}

@@ -41,13 +41,11 @@ else:  # pragma: no cover
 
 from . import entry as entry_codec
 from . import keys
+from .background import BackgroundTasks
 from .breaker import CircuitBreaker
 from .entry import CachedEntry, VaryMarker
 from .exceptions import ConfigError
-from .stats import CacheStats
-
-if TYPE_CHECKING:
-    from .background import BackgroundTasks
+from .stats import CacheStats, RateLimitedWarning
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
@@ -64,6 +62,14 @@ VARY_MEMORY = 4096
 HASH_MEMORY = 4096
 
 METHOD_CLASS_GET = "GET"
+
+#: Most ``on_purge`` calls for invalidations running at once; past it, events are dropped
+#: (with a warning) rather than kept without bound or made to delay responses.
+MAX_PENDING_HOOKS = 1000
+#: Seconds ``aclose()`` waits for ``on_purge`` calls still running before cancelling them.
+HOOK_DRAIN_TIMEOUT = 5.0
+
+_hook_warn = RateLimitedWarning()
 
 
 _P = ParamSpec("_P")
@@ -185,6 +191,8 @@ class RedisCache:
         if on_purge is not None and not callable(on_purge):
             raise ConfigError("on_purge must be a callable taking a PurgeEvent")
         self._on_purge = on_purge
+        #: ``on_purge`` calls for the middleware's invalidations, run behind the response.
+        self._hook_calls = BackgroundTasks(MAX_PENDING_HOOKS)
         self._cluster = _is_cluster(client)
         self._also_close: list[Any] = []
         self._background: list[tuple[BackgroundTasks, float]] = []
@@ -324,10 +332,12 @@ class RedisCache:
         return True
 
     async def aclose(self) -> None:
-        """Drain the background refreshes of the middlewares using this cache, then close
-        the client if this cache made it (``from_url``); a client handed in stays open."""
+        """Drain the background refreshes of the middlewares using this cache and the
+        ``on_purge`` calls still running, then close the client if this cache made it
+        (``from_url``); a client handed in stays open."""
         for tasks, timeout in self._background:
             await tasks.drain(timeout)
+        await self._hook_calls.drain(HOOK_DRAIN_TIMEOUT)
         if self._owns_client:
             await self._client.aclose()
             for other in self._also_close:  # a Sentinel's own clients
@@ -928,6 +938,24 @@ class RedisCache:
         self._stored_until.clear()
         await self._notify(PurgeEvent("clear", (), None))
 
+    @property
+    def has_purge_hook(self) -> bool:
+        """Return whether an ``on_purge`` hook was given."""
+        return self._on_purge is not None
+
+    def notify_soon(self, event: PurgeEvent) -> None:
+        """Call the ``on_purge`` hook with ``event`` in a task of its own, without waiting for
+        it: the middleware's invalidations answer the client while the hook runs. A failing
+        hook is logged; ``aclose()`` waits for the calls still running."""
+        if self._on_purge is None:
+            return
+        if not self._hook_calls.spawn(self._notify(event), name="on_purge"):
+            _hook_warn(
+                "on_purge",
+                f"redis-cache dropped an on_purge event ({event.kind} {event.values}): "
+                f"{MAX_PENDING_HOOKS} hook calls are still running",
+            )
+
     async def _notify(self, event: PurgeEvent) -> None:
         hook = self._on_purge
         if hook is None:
@@ -1162,7 +1190,11 @@ class FillLock:
 class PurgeEvent:
     """What a purge did, for the ``on_purge`` hook (e.g. to forward it to a CDN).
 
-    ``kind`` is ``url``, ``tag``, ``prefix`` or ``clear``; ``removed`` is None for ``clear``.
+    ``kind`` is ``url``, ``tag``, ``prefix``, ``clear``, or ``invalidate`` for the
+    middleware's automatic invalidation after an unsafe request (``values``: the absolute
+    URLs purged, as ``purge_url`` takes them). ``removed`` is how many entries went; None for
+    ``clear``, and for an invalidation whose purge did not reach Redis (the URLs changed all
+    the same).
     """
 
     kind: str

@@ -11,13 +11,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from redis.exceptions import ResponseError
 
 from . import policy
 from ._types import Message, RawHeaders, Receive, Scope, Send
-from .cache import FillLock, Lookup, RedisCache
+from .cache import FillLock, Lookup, PurgeEvent, RedisCache
 from .config import MAX_TAG_LENGTH, MAX_TAGS
 from .entry import CachedEntry
 from .keys import normalise_host
@@ -53,6 +53,9 @@ NO_BODY_STATUSES = frozenset({204, 304})
 TAG_HEADERS: dict[bytes, str | None] = {b"surrogate-key": None, b"cache-tag": ","}
 
 warn = RateLimitedWarning()
+
+#: Characters a path keeps unescaped in the URLs given to ``on_purge`` (RFC 3986 pchar).
+URL_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 T = TypeVar("T")
 
@@ -624,7 +627,8 @@ def _declared_length(headers: RawHeaders) -> int:
 class Invalidate:
     """Run an unsafe request; if it succeeds (2xx, 3xx), purge the cached GET of its URL and
     of ``Location`` / ``Content-Location`` on the same host, before the client hears back,
-    so that the client's next read sees the change (RFC 9111 4.4)."""
+    so that the client's next read sees the change (RFC 9111 4.4). The cache's ``on_purge``
+    hook hears of it in a task of its own: the response waits for the purge, not the hook."""
 
     def __init__(self, middleware: CacheMiddleware, scope: Scope) -> None:
         self.middleware = middleware
@@ -643,20 +647,32 @@ class Invalidate:
         cache = self.middleware.cache
         scheme = scope.get("scheme", "http")
         host = b"\x00".join(v for k, v in scope["headers"] if k == b"host")  # as Request does
-        uhashes = [cache.url_hash(scheme, host, scope["path"], scope.get("query_string", b""))]
+        targets = [(scope["path"], scope.get("query_string", b""))]
         for key, value in response_headers:
             if bytes(key).lower() in (b"location", b"content-location"):
                 target = _same_host_target(bytes(value), scheme, host)
                 if target is not None:
-                    uhashes.append(cache.url_hash(scheme, host, target[0], target[1]))
+                    targets.append(target)
+        uhashes = [cache.url_hash(scheme, host, path, query) for path, query in targets]
         removed = await guarded(
             cache,
             self.middleware.config.timeout,
             "invalidation",
             lambda: cache.purge_hashes(uhashes),
         )
-        if not isinstance(removed, Skipped):
-            cache.stats.invalidated += removed
+        count = None if isinstance(removed, Skipped) else removed
+        if count is not None:
+            cache.stats.invalidated += count
+        if cache.has_purge_hook:
+            # The hook runs behind the response; the URLs changed even when Redis failed.
+            urls = tuple(dict.fromkeys(_absolute(scheme, host, p, q) for p, q in targets))
+            cache.notify_soon(PurgeEvent("invalidate", urls, count))
+
+
+def _absolute(scheme: str, host: bytes, path: str, query: bytes) -> str:
+    """Return the absolute URL of a request target, as ``RedisCache.purge_url`` takes it."""
+    url = f"{scheme}://{host.decode('latin-1')}{quote(path, safe=URL_PATH_SAFE)}"
+    return f"{url}?{query.decode('latin-1')}" if query else url
 
 
 def _same_host_target(value: bytes, scheme: str, host: bytes) -> tuple[str, bytes] | None:
