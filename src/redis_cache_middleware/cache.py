@@ -783,7 +783,7 @@ class RedisCache:
     async def purge_url(self, url: str, *, method: str = "GET") -> int:
         """Remove every stored variant of an absolute URL; return how many entries went."""
         removed = await self.purge_hashes([self.hash_for_url(url, method)])
-        await self._notify(PurgeEvent("url", (url,), removed))
+        await self._purged(PurgeEvent("url", (url,), removed))
         return removed
 
     @_admin
@@ -856,7 +856,7 @@ class RedisCache:
         await self._sweep([([tkey], pairs) for tkey, pairs in zip(tkeys, marked, strict=True)])
         total = sum(removed)
         self.stats.purged += total
-        await self._notify(PurgeEvent("tag", tuple(tags), total))
+        await self._purged(PurgeEvent("tag", tuple(tags), total))
         return total
 
     @_admin
@@ -891,7 +891,7 @@ class RedisCache:
         total = await self.purge_hashes(uhashes)
         # As in purge_tag: a URL stored again meanwhile keeps its place in the index.
         await self._sweep(list(zip(index_keys, marked, strict=True)))
-        await self._notify(
+        await self._purged(
             PurgeEvent("prefix", (path_prefix if host is None else f"{host}{path_prefix}",), total)
         )
         return total
@@ -936,7 +936,7 @@ class RedisCache:
         self._generation_checked_at = time.monotonic()
         self._vary_names.clear()
         self._stored_until.clear()
-        await self._notify(PurgeEvent("clear", (), None))
+        await self._purged(PurgeEvent("clear", (), None))
 
     @property
     def has_purge_hook(self) -> bool:
@@ -955,6 +955,16 @@ class RedisCache:
                 f"redis-cache dropped an on_purge event ({event.kind} {event.values}): "
                 f"{MAX_PENDING_HOOKS} hook calls are still running",
             )
+
+    async def _purged(self, event: PurgeEvent) -> None:
+        """Log an explicit purge (at debug) and tell the ``on_purge`` hook."""
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "purged (%s): %s",
+                " ".join([event.kind, *(repr(v) for v in event.values)]),
+                "the namespace" if event.removed is None else f"{event.removed} removed",
+            )
+        await self._notify(event)
 
     async def _notify(self, event: PurgeEvent) -> None:
         hook = self._on_purge

@@ -10,6 +10,7 @@ import hashlib
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from logging import DEBUG
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
@@ -100,6 +101,7 @@ class Request:
     __slots__ = (
         "bypass_value",
         "cache_control",
+        "debug",
         "found",
         "has_authorization",
         "headers",
@@ -130,6 +132,9 @@ class Request:
         self.bypass_value: bytes | None = None
         self.uhash: str = ""
         self.found: Lookup | None = None
+        #: Whether this request logs its decisions: one level check per request, so that a
+        #: hit pays no more, and a change of level applies from the next request.
+        self.debug = logger.isEnabledFor(DEBUG)
         #: The fill lock this request's own lookup tried, and how that went (ACQUIRED,
         #: HELD or PASS); None when the lookup did not try one.
         self.prefill: tuple[FillLock, int] | None = None
@@ -268,6 +273,15 @@ class Forward:
         #: How it ended, for requests waiting on this fill: ``stored``, ``refused`` (not
         #: storable), ``error`` (the app raised) or ``other``.
         self.outcome = "error"
+        if request.debug:
+            logger.debug(
+                "%s (fwd=%s%s): %s %r",
+                "bypass" if fwd in ("bypass", "request") else "miss",
+                fwd,
+                f"; detail={self.detail}" if self.detail else "",
+                request.method,
+                request.path,
+            )
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app for this request and deliver (and maybe store) its response."""
@@ -321,6 +335,8 @@ class Forward:
             await self._on_body(message)
         else:
             # Trailers, pathsend or anything else we cannot copy: pass it on, store nothing.
+            if self.capturing and self.request.debug:
+                self._log_not_stored("uncapturable")
             self.capturing = False
             self.chunks = []
             if self.start is not None:
@@ -366,12 +382,23 @@ class Forward:
         self.decision = decision
         if not decision.store:
             self.middleware.cache.stats.not_stored[decision.reason] += 1
-            logger.debug("not stored (%s): %s", decision.reason, self.request.uhash)
+            if self.request.debug:
+                self._log_not_stored(decision.reason)
             self._add_status(message, stored=False, detail=decision.reason)
             await self._send(message)
             return
         self.capturing = True
         self.start = message
+
+    def _log_not_stored(self, reason: str) -> None:
+        request = self.request
+        logger.debug(
+            "not stored (%s; fwd-status=%d): %s %r",
+            reason,
+            self.status,
+            request.method,
+            request.path,
+        )
 
     def _add_status(self, message: Message, *, stored: bool, detail: str | None) -> None:
         headers = list(message.get("headers", []))
@@ -395,6 +422,8 @@ class Forward:
                 self.chunks = []
                 self.decision = policy.refuse("too-large")
                 self.middleware.cache.stats.not_stored["too-large"] += 1
+                if self.request.debug:
+                    self._log_not_stored("too-large")
                 if self.start is not None:
                     await self._release_start(stored=False, detail="too-large")
             else:
@@ -483,6 +512,15 @@ class Forward:
         if result is SKIPPED:
             return False
         cache.stats.stored += 1
+        if request.debug:
+            logger.debug(
+                "stored (ttl=%d s, %d bytes%s): %s %r",
+                int(decision.ttl),
+                len(body),
+                f", vary={','.join(names)}" if names else "",
+                request.method,
+                request.path,
+            )
         return True
 
     async def _release(self, *, refused: bool) -> None:
@@ -663,6 +701,14 @@ class Invalidate:
         count = None if isinstance(removed, Skipped) else removed
         if count is not None:
             cache.stats.invalidated += count
+        if logger.isEnabledFor(DEBUG):
+            logger.debug(
+                "invalidated (%s): %s %r purged %s",
+                "redis-error" if count is None else f"{count} removed",
+                scope["method"],
+                scope["path"],
+                ", ".join(repr(path) for path, _ in targets),
+            )
         if cache.has_purge_hook:
             # The hook runs behind the response; the URLs changed even when Redis failed.
             urls = tuple(dict.fromkeys(_absolute(scheme, host, p, q) for p, q in targets))
