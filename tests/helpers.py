@@ -62,15 +62,17 @@ class Origin:
         return response
 
 
+#: Every method the origin answers: the safe ones and each unsafe one that invalidates.
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
 def starlette_app(origin: Origin) -> Starlette:
-    return Starlette(
-        routes=[Route("/{path:path}", origin.respond, methods=["GET", "HEAD", "POST", "PUT"])]
-    )
+    return Starlette(routes=[Route("/{path:path}", origin.respond, methods=METHODS)])
 
 
 def fastapi_app(origin: Origin) -> FastAPI:
     app = FastAPI()
-    app.add_api_route("/{path:path}", origin.respond, methods=["GET", "HEAD", "POST", "PUT"])
+    app.add_api_route("/{path:path}", origin.respond, methods=METHODS)
     return app
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
@@ -666,3 +668,65 @@ async def test_websocket_scope_passes_through_untouched(
     assert seen == [scope] and seen[0] is scope
     assert sent == [{"type": "websocket.accept", "echo": "websocket.connect"}]
     assert [k async for k in redis_client.scan_iter(match=f"{namespace}:*")] == []
+
+
+def _ours(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "redis_cache_middleware"]
+
+
+async def test_debug_log_tells_miss_store_and_hit(
+    cache: RedisCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="redis_cache_middleware")
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/logged/a?q=1")
+        await client.get("/logged/a?q=1")
+    records = _ours(caplog)
+    assert all(r.levelno == logging.DEBUG for r in records)
+    messages = [r.getMessage() for r in records]
+    assert len(messages) == 3, messages
+    miss, stored, hit = messages
+    assert miss.startswith("miss (fwd=uri-miss)") and "GET '/logged/a'" in miss
+    assert stored.startswith("stored (ttl=60 s") and "GET '/logged/a'" in stored
+    assert hit.startswith("hit (redis-cache; hit; ttl=") and "GET '/logged/a'" in hit
+
+
+async def test_debug_log_tells_each_other_decision_and_nothing_louder(
+    cache: RedisCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="redis_cache_middleware")
+    origin = Origin(specs={"/private": Spec(headers=[("cache-control", "private")])})
+    async with make_client(cache, origin, default_ttl=60, rules={"/never": None}) as client:
+        await client.get("/private")
+        await client.get("/never")
+        await client.get("/fresh", headers={"cache-control": "no-cache"})
+        await asyncio.gather(*(client.get("/burst") for _ in range(3)))
+        await client.post("/fresh")
+        await cache.purge_url("http://testserver/burst")
+    messages = [r.getMessage() for r in _ours(caplog)]
+    expected = [
+        "not stored (private; fwd-status=200): GET '/private'",
+        "bypass (fwd=bypass; detail=rule): GET '/never'",
+        "bypass (fwd=request): GET '/fresh'",
+        "collapsed (redis-cache; fwd=uri-miss; fwd-status=200; collapsed; ttl=",
+        "invalidated (1 removed): POST '/fresh' purged '/fresh'",
+        "purged (url 'http://testserver/burst'): 1 removed",
+    ]
+    for text in expected:
+        assert any(m.startswith(text) for m in messages), (text, messages)
+    # Normal traffic says nothing at INFO or above.
+    assert all(r.levelno == logging.DEBUG for r in _ours(caplog))
+
+
+async def test_log_level_change_applies_from_the_next_request(
+    cache: RedisCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="redis_cache_middleware")
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/level")
+        assert _ours(caplog) == []
+        caplog.set_level(logging.DEBUG, logger="redis_cache_middleware")
+        await client.get("/level")
+    assert [r.getMessage().split(" ")[0] for r in _ours(caplog)] == ["hit"]

@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 import pytest
+import redis.asyncio
+import redis.exceptions
 
 from redis_cache_middleware import RedisCache, keys
 from redis_cache_middleware.cache import PurgeEvent
@@ -179,23 +181,48 @@ async def test_clear_seen_by_another_process_within_interval(
         assert "hit" not in _status(after) or after.content == (await c1.get("/shared")).content
 
 
-async def test_purge_during_concurrent_reads(cache: RedisCache) -> None:
+async def test_purge_during_concurrent_reads(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
     origin = Origin()
+    readers, reads = 5, 4
+
+    async def burst(client: Any) -> list[Any]:
+        async def reader() -> list[Any]:
+            return [await client.get("/hot") for _ in range(reads)]
+
+        batches = await asyncio.gather(*(reader() for _ in range(readers)))
+        return [response for batch in batches for response in batch]
+
     async with make_client(cache, origin, default_ttl=60) as client:
-        await client.get("/hot")
+        old = (await client.get("/hot")).content
+        unlink = cache._unlink
+        seen: dict[str, list[Any]] = {}
 
-        async def reader() -> list[str]:
-            return [_status(await client.get("/hot")) for _ in range(20)]
+        async def unlink_amid_reads(groups: Any) -> list[int]:
+            # Concurrent reads while the purge runs: before its UNLINK and after it.
+            seen["before"] = await burst(client)
+            removed = await unlink(groups)
+            seen["after"] = await burst(client)
+            return removed
 
-        readers = [asyncio.create_task(reader()) for _ in range(5)]
-        await asyncio.sleep(0)
+        monkeypatch.setattr(cache, "_unlink", unlink_amid_reads)
         removed = await cache.purge_url("http://testserver/hot")
-        results = await asyncio.gather(*readers)
         final = await client.get("/hot")
-    assert removed in (0, 1)
-    assert all(r.startswith("redis-cache;") for batch in results for r in batch)
-    assert "hit" in _status(final)
-    assert origin.calls["/hot"] >= 2
+    assert removed == 1
+    # Before the UNLINK every read is a hit on the old entry.
+    assert all(r.status_code == 200 and r.content == old for r in seen["before"])
+    assert all("; hit" in _status(r) for r in seen["before"])
+    # After it no read sees the old entry; the concurrent misses make one app call between
+    # them (one fills, the others wait for its entry), and every later read is a hit.
+    after = seen["after"]
+    assert all(r.status_code == 200 and r.content != old for r in after)
+    assert len({r.content for r in after}) == 1
+    assert sum(_status(r).endswith("; stored") for r in after) == 1
+    assert sum("collapsed" in _status(r) for r in after) == readers - 1
+    assert sum("; hit" in _status(r) for r in after) == readers * (reads - 1)
+    assert "hit" in _status(final) and final.content == after[0].content
+    assert origin.calls["/hot"] == 2
 
 
 async def test_on_purge_hook_receives_events(redis_client: Any, namespace: str) -> None:
@@ -231,31 +258,40 @@ async def test_failing_on_purge_hook_is_logged_not_raised(
     assert any("on_purge hook failed" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+UNSAFE = pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+
+
+@UNSAFE
 async def test_unsafe_method_invalidates_get(cache: RedisCache, method: str) -> None:
     origin = Origin()
     async with make_client(cache, origin, default_ttl=60) as client:
         await client.get("/items/1")
         await client.get("/items/2")
         response = await client.request(method, "/items/1")
-        assert response.status_code in (200, 405)
         after = await client.get("/items/1")
         other = await client.get("/items/2")
-    if response.status_code == 200:
-        assert "hit" not in _status(after)
-    else:  # the route does not take this method: an error purges nothing
-        assert "hit" in _status(after)
+    assert response.status_code == 200
+    assert "hit" not in _status(after) and _status(after).endswith("; stored")
     assert "hit" in _status(other)
+    assert cache.stats.invalidated == 1
+    assert origin.calls["/items/1"] == 3  # GET, the unsafe request, the GET after it
 
 
-async def test_unsafe_error_response_does_not_invalidate(cache: RedisCache) -> None:
+@UNSAFE
+@pytest.mark.parametrize("status", [404, 409, 500, 503])
+async def test_unsafe_error_response_does_not_invalidate(
+    cache: RedisCache, method: str, status: int
+) -> None:
     origin = Origin(specs={"/fail": Spec()})
     async with make_client(cache, origin, default_ttl=60) as client:
         await client.get("/fail")
-        origin.specs["/fail"] = Spec(status=500)
-        await client.post("/fail")
+        origin.specs["/fail"] = Spec(status=status)
+        response = await client.request(method, "/fail")
         origin.specs["/fail"] = Spec()
-        assert "hit" in _status(await client.get("/fail"))
+        after = await client.get("/fail")
+    assert response.status_code == status
+    assert "hit" in _status(after)
+    assert cache.stats.invalidated == 0
 
 
 async def test_invalidation_follows_same_host_location(cache: RedisCache) -> None:
@@ -289,6 +325,96 @@ async def test_invalidation_can_be_turned_off(cache: RedisCache) -> None:
         await c.get("/keep")
         await c.post("/keep")
         assert "hit" in _status(await c.get("/keep"))
+
+
+async def test_invalidation_calls_on_purge_behind_the_response(
+    redis_client: Any, namespace: str
+) -> None:
+    events: list[PurgeEvent] = []
+    release = asyncio.Event()
+
+    async def hook(event: PurgeEvent) -> None:
+        await release.wait()  # a slow CDN
+        events.append(event)
+
+    cache = RedisCache(redis_client, namespace=namespace, on_purge=hook)
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/users")
+        await client.get("/users/9")
+        origin.specs["/users"] = Spec(status=201, headers=[("location", "/users/9")])
+        response = await asyncio.wait_for(client.post("/users"), 5)
+        # The client has its answer while the hook still waits, and the purge is done.
+        assert response.status_code == 201 and events == []
+        assert "hit" not in _status(await client.get("/users/9"))
+        release.set()
+        await cache.aclose()  # waits for the hook calls still running
+    assert events == [
+        PurgeEvent("invalidate", ("http://testserver/users", "http://testserver/users/9"), 2)
+    ]
+
+
+async def test_invalidation_calls_a_sync_on_purge_with_purgeable_urls(
+    redis_client: Any, namespace: str
+) -> None:
+    events: list[PurgeEvent] = []
+    cache = RedisCache(redis_client, namespace=namespace, on_purge=events.append)
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/items/a b?x=1")
+        await client.put("/items/a b?x=1")
+        await client.post("/items/none")
+        origin.specs["/items/error"] = Spec(status=500)
+        await client.post("/items/error")  # an error answer invalidates nothing
+        await client.get("/items/a b?x=1")
+        await cache.aclose()
+    assert events == [
+        PurgeEvent("invalidate", ("http://testserver/items/a%20b?x=1",), 1),
+        PurgeEvent("invalidate", ("http://testserver/items/none",), 0),
+    ]
+    # The URLs are the ones purge_url takes: forwarding them purges the same entries.
+    assert await cache.purge_url(events[0].values[0]) == 1
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_failing_on_purge_hook_never_breaks_an_invalidation(
+    redis_client: Any, namespace: str, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def sync_hook(event: PurgeEvent) -> None:
+        raise RuntimeError("cdn down")
+
+    async def async_hook(event: PurgeEvent) -> None:
+        raise RuntimeError("cdn down")
+
+    hook = sync_hook if kind == "sync" else async_hook
+    cache = RedisCache(redis_client, namespace=namespace, on_purge=hook)
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/f")
+        response = await client.delete("/f")
+        await cache.aclose()
+        after = await client.get("/f")
+    assert response.status_code == 200
+    assert "hit" not in _status(after) and cache.stats.invalidated == 1
+    assert any("on_purge hook failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_invalidation_tells_on_purge_when_redis_failed(
+    redis_client: Any, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[PurgeEvent] = []
+    cache = RedisCache(redis_client, namespace=namespace, on_purge=events.append)
+
+    async def redis_down(uhashes: Any) -> int:
+        raise ConnectionError("redis down")
+
+    monkeypatch.setattr(cache, "purge_hashes", redis_down)
+    async with make_client(cache, Origin(), default_ttl=60) as client:
+        response = await client.patch("/down")
+        await cache.aclose()
+    # The URL changed all the same: a CDN must still hear of it.
+    assert response.status_code == 200
+    assert events == [PurgeEvent("invalidate", ("http://testserver/down",), None)]
 
 
 async def test_inspect_url_lists_variants(cache: RedisCache) -> None:
@@ -355,6 +481,120 @@ async def test_entry_tagged_during_purge_tag_stays_purgeable(
         monkeypatch.setattr(cache, "_unlink", unlink)
         assert await cache.purge_tag("x") == 1
         assert "hit" not in _status(await client.get("/b"))
+
+
+def _store_again_after_unlink(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch, client: Any, path: str
+) -> list[str]:
+    """Make the cache's next purge store ``path`` again right after deleting the entries and
+    before cleaning the indexes (a fill reaching Redis between the purge's steps); return
+    the list that receives that request's Cache-Status."""
+    unlink = cache._unlink
+    statuses: list[str] = []
+
+    async def unlink_then_store(groups: Any) -> list[int]:
+        removed = await unlink(groups)
+        if not statuses:
+            statuses.append(_status(await client.get(path)))
+        return removed
+
+    monkeypatch.setattr(cache, "_unlink", unlink_then_store)
+    return statuses
+
+
+def _freeze_cache_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop the wall clock the cache scores its indexes with: a URL stored again gets the
+    very expiry it had (as two stores under one ``Expires`` date can)."""
+    from types import SimpleNamespace
+
+    from redis_cache_middleware import cache as cache_module
+
+    frozen = time.time()
+    clock = SimpleNamespace(time=lambda: frozen, monotonic=time.monotonic)
+    monkeypatch.setattr(cache_module, "time", clock)
+
+
+EXPIRIES = pytest.mark.parametrize("same_expiry", [False, True], ids=["new-expiry", "same-expiry"])
+
+
+@EXPIRIES
+async def test_url_stored_again_during_purge_tag_stays_purgeable(
+    cache: RedisCache, redis_client: Any, monkeypatch: pytest.MonkeyPatch, same_expiry: bool
+) -> None:
+    if same_expiry:
+        _freeze_cache_clock(monkeypatch)
+    origin = Origin(specs={"/a": Spec(headers=[("surrogate-key", "x")])})
+    tkey = keys.tag_key(cache.namespace, 0, "x")
+    member = keys.url_key(cache.namespace, 0, cache.hash_for_url("http://testserver/a"))
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/a")
+        first_score = await redis_client.zscore(tkey, member)
+        refill = _store_again_after_unlink(cache, monkeypatch, client, "/a")
+        assert await cache.purge_tag("x") == 1
+        assert refill[0].endswith("; stored")
+        # The new entry kept its membership, with the score its store gave it.
+        score = await redis_client.zscore(tkey, member)
+        assert score is not None and score == int(score)
+        assert (score == first_score) is same_expiry
+        assert "hit" in _status(await client.get("/a"))
+        assert await cache.purge_tag("x") == 1
+        assert "hit" not in _status(await client.get("/a"))
+        assert origin.calls["/a"] == 3
+    # A purge nothing raced with leaves nothing in the index.
+    assert await cache.purge_tag("x") == 1
+    assert await redis_client.zcard(tkey) == 0
+
+
+@EXPIRIES
+async def test_url_stored_again_during_purge_prefix_stays_purgeable(
+    cache: RedisCache, redis_client: Any, monkeypatch: pytest.MonkeyPatch, same_expiry: bool
+) -> None:
+    if same_expiry:
+        _freeze_cache_clock(monkeypatch)
+    origin = Origin()
+    lex, exp = keys.prefix_keys(cache.namespace, 0, b"testserver")
+    member = keys.path_member("/docs/a", cache.hash_for_url("http://testserver/docs/a"))
+    async with make_client(cache, origin, default_ttl=60) as client:
+        await client.get("/docs/a")
+        first_score = await redis_client.zscore(exp, member)
+        refill = _store_again_after_unlink(cache, monkeypatch, client, "/docs/a")
+        assert await cache.purge_prefix("/docs") == 1
+        assert refill[0].endswith("; stored")
+        assert await redis_client.zscore(lex, member) == 0
+        score = await redis_client.zscore(exp, member)
+        assert score is not None and score == int(score)
+        assert (score == first_score) is same_expiry
+        assert "hit" in _status(await client.get("/docs/a"))
+        assert await cache.purge_prefix("/docs", host="testserver") == 1
+        assert "hit" not in _status(await client.get("/docs/a"))
+        assert origin.calls["/docs/a"] == 3
+    assert await cache.purge_prefix("/docs") == 1
+    assert await redis_client.zcard(lex) == 0 and await redis_client.zcard(exp) == 0
+
+
+async def test_purges_work_on_a_full_redis(own_redis_server: Any, namespace: str) -> None:
+    """Purging frees memory, so it must run when Redis refuses writes (noeviction)."""
+    admin = redis.asyncio.Redis.from_url(own_redis_server.url)
+    cache = RedisCache.from_url(own_redis_server.url, namespace=namespace)
+    origin = Origin(specs={f"/full/{i}": Spec(headers=[("surrogate-key", "t")]) for i in range(3)})
+    tkey = keys.tag_key(namespace, 0, "t")
+    lex, exp = keys.prefix_keys(namespace, 0, b"testserver")
+    try:
+        async with make_client(cache, origin, default_ttl=60) as client:
+            for i in range(5):
+                await client.get(f"/full/{i}")
+            await admin.config_set("maxmemory-policy", "noeviction")
+            await admin.config_set("maxmemory", "1")
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                await admin.set(f"{namespace}:probe", b"x")
+            assert await cache.purge_tag("t") == 3
+            assert await cache.purge_prefix("/full") == 2
+            assert await admin.zcard(tkey) == 0
+            assert await admin.zcard(lex) == 0 and await admin.zcard(exp) == 0
+    finally:
+        await admin.config_set("maxmemory", "0")
+        await cache.aclose()
+        await admin.aclose()
 
 
 async def test_purge_url_ignores_user_info(cache: RedisCache) -> None:

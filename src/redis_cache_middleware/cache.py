@@ -41,13 +41,11 @@ else:  # pragma: no cover
 
 from . import entry as entry_codec
 from . import keys
+from .background import BackgroundTasks
 from .breaker import CircuitBreaker
 from .entry import CachedEntry, VaryMarker
 from .exceptions import ConfigError
-from .stats import CacheStats
-
-if TYPE_CHECKING:
-    from .background import BackgroundTasks
+from .stats import CacheStats, RateLimitedWarning
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
@@ -64,6 +62,14 @@ VARY_MEMORY = 4096
 HASH_MEMORY = 4096
 
 METHOD_CLASS_GET = "GET"
+
+#: Most ``on_purge`` calls for invalidations running at once; past it, events are dropped
+#: (with a warning) rather than kept without bound or made to delay responses.
+MAX_PENDING_HOOKS = 1000
+#: Seconds ``aclose()`` waits for ``on_purge`` calls still running before cancelling them.
+HOOK_DRAIN_TIMEOUT = 5.0
+
+_hook_warn = RateLimitedWarning()
 
 
 _P = ParamSpec("_P")
@@ -185,6 +191,8 @@ class RedisCache:
         if on_purge is not None and not callable(on_purge):
             raise ConfigError("on_purge must be a callable taking a PurgeEvent")
         self._on_purge = on_purge
+        #: ``on_purge`` calls for the middleware's invalidations, run behind the response.
+        self._hook_calls = BackgroundTasks(MAX_PENDING_HOOKS)
         self._cluster = _is_cluster(client)
         self._also_close: list[Any] = []
         self._background: list[tuple[BackgroundTasks, float]] = []
@@ -193,6 +201,8 @@ class RedisCache:
         self._release_script = client.register_script(RELEASE_SCRIPT)
         self._store_script = client.register_script(STORE_SCRIPT)
         self._lookup_script = client.register_script(LOOKUP_SCRIPT)
+        self._mark_script = client.register_script(PURGE_MARK_SCRIPT)
+        self._sweep_script = client.register_script(PURGE_SWEEP_SCRIPT)
 
     @classmethod
     def from_url(
@@ -322,10 +332,12 @@ class RedisCache:
         return True
 
     async def aclose(self) -> None:
-        """Drain the background refreshes of the middlewares using this cache, then close
-        the client if this cache made it (``from_url``); a client handed in stays open."""
+        """Drain the background refreshes of the middlewares using this cache and the
+        ``on_purge`` calls still running, then close the client if this cache made it
+        (``from_url``); a client handed in stays open."""
         for tasks, timeout in self._background:
             await tasks.drain(timeout)
+        await self._hook_calls.drain(HOOK_DRAIN_TIMEOUT)
         if self._owns_client:
             await self._client.aclose()
             for other in self._also_close:  # a Sentinel's own clients
@@ -771,7 +783,7 @@ class RedisCache:
     async def purge_url(self, url: str, *, method: str = "GET") -> int:
         """Remove every stored variant of an absolute URL; return how many entries went."""
         removed = await self.purge_hashes([self.hash_for_url(url, method)])
-        await self._notify(PurgeEvent("url", (url,), removed))
+        await self._purged(PurgeEvent("url", (url,), removed))
         return removed
 
     @_admin
@@ -836,21 +848,15 @@ class RedisCache:
         gen = await self._current_generation()
         now_ms = int(time.time() * 1000)
         tkeys = [keys.tag_key(self.namespace, gen, t) for t in tags]
-        async with self._client.pipeline(transaction=False) as pipe:
-            for tkey in tkeys:
-                pipe.zrangebyscore(tkey, now_ms, "+inf")
-            replies = await pipe.execute()
-        members = sorted({_text(m) for reply in replies for m in reply})
+        marked = await self._mark([([tkey], [now_ms]) for tkey in tkeys])
+        members = sorted({_text(m) for pairs in marked for m, _ in pairs})
         removed = await self._unlink(_by_slot(members))
-        # Remove only what was read: an entry tagged meanwhile stays findable.
-        async with self._client.pipeline(transaction=False) as pipe:
-            for tkey, reply in zip(tkeys, replies, strict=True):
-                if reply:
-                    pipe.zrem(tkey, *reply)
-            await pipe.execute()
+        # Remove only what was read, and only where nothing was stored since: an entry
+        # tagged meanwhile, or the same URL stored again, stays findable.
+        await self._sweep([([tkey], pairs) for tkey, pairs in zip(tkeys, marked, strict=True)])
         total = sum(removed)
         self.stats.purged += total
-        await self._notify(PurgeEvent("tag", tuple(tags), total))
+        await self._purged(PurgeEvent("tag", tuple(tags), total))
         return total
 
     @_admin
@@ -878,29 +884,44 @@ class RedisCache:
                     keys.hosts_key(self.namespace, gen), now_ms, "+inf"
                 )
             ]
-        ranges = keys.prefix_ranges(path_prefix)
-        found: list[tuple[str, str, bytes]] = []
-        async with self._client.pipeline(transaction=False) as pipe:
-            index_keys = [keys.prefix_keys(self.namespace, gen, h) for h in hosts]
-            for lex, _ in index_keys:
-                for low, high in ranges:
-                    pipe.zrangebylex(lex, low, high)
-            replies = await pipe.execute()
-        for i, (lex, exp) in enumerate(index_keys):
-            for reply in replies[i * len(ranges) : (i + 1) * len(ranges)]:
-                found += [(lex, exp, bytes(m)) for m in reply]
-        uhashes = sorted({m.rsplit(b"\x00", 1)[-1].decode() for _, _, m in found})
+        bounds = [bound for pair in keys.prefix_ranges(path_prefix) for bound in pair]
+        index_keys = [list(keys.prefix_keys(self.namespace, gen, h)) for h in hosts]
+        marked = await self._mark([(pair, bounds) for pair in index_keys])
+        uhashes = sorted({m.rsplit(b"\x00", 1)[-1].decode() for pairs in marked for m, _ in pairs})
         total = await self.purge_hashes(uhashes)
-        if found:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for lex, exp, member in found:
-                    pipe.zrem(lex, member)
-                    pipe.zrem(exp, member)
-                await pipe.execute()
-        await self._notify(
+        # As in purge_tag: a URL stored again meanwhile keeps its place in the index.
+        await self._sweep(list(zip(index_keys, marked, strict=True)))
+        await self._purged(
             PurgeEvent("prefix", (path_prefix if host is None else f"{host}{path_prefix}",), total)
         )
         return total
+
+    async def _mark(
+        self, indexes: Sequence[tuple[list[str], list[Any]]]
+    ) -> list[list[tuple[bytes, bytes]]]:
+        """Read the members a purge removes from each index (its keys, ``PURGE_MARK_SCRIPT``'s
+        arguments), marking each one; return ``(member, mark)`` pairs per index."""
+        if not indexes:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for index_keys, args in indexes:
+                await self._queue_script(pipe, self._mark_script, index_keys, args)
+            replies = await pipe.execute()
+        return [
+            [(bytes(m), bytes(k)) for m, k in zip(r[0::2], r[1::2], strict=True)] for r in replies
+        ]
+
+    async def _sweep(self, indexes: Sequence[tuple[list[str], list[tuple[bytes, bytes]]]]) -> None:
+        """Remove from each index (its keys) the members ``_mark`` read, those still marked:
+        a member stored again since carries a new score, and stays."""
+        if not any(pairs for _, pairs in indexes):
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for index_keys, pairs in indexes:
+                for start in range(0, len(pairs), SWEEP_BATCH):
+                    args = [item for pair in pairs[start : start + SWEEP_BATCH] for item in pair]
+                    await self._queue_script(pipe, self._sweep_script, index_keys, args)
+            await pipe.execute()
 
     @_admin
     async def clear(self) -> None:
@@ -915,7 +936,35 @@ class RedisCache:
         self._generation_checked_at = time.monotonic()
         self._vary_names.clear()
         self._stored_until.clear()
-        await self._notify(PurgeEvent("clear", (), None))
+        await self._purged(PurgeEvent("clear", (), None))
+
+    @property
+    def has_purge_hook(self) -> bool:
+        """Return whether an ``on_purge`` hook was given."""
+        return self._on_purge is not None
+
+    def notify_soon(self, event: PurgeEvent) -> None:
+        """Call the ``on_purge`` hook with ``event`` in a task of its own, without waiting for
+        it: the middleware's invalidations answer the client while the hook runs. A failing
+        hook is logged; ``aclose()`` waits for the calls still running."""
+        if self._on_purge is None:
+            return
+        if not self._hook_calls.spawn(self._notify(event), name="on_purge"):
+            _hook_warn(
+                "on_purge",
+                f"redis-cache dropped an on_purge event ({event.kind} {event.values}): "
+                f"{MAX_PENDING_HOOKS} hook calls are still running",
+            )
+
+    async def _purged(self, event: PurgeEvent) -> None:
+        """Log an explicit purge (at debug) and tell the ``on_purge`` hook."""
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "purged (%s): %s",
+                " ".join([event.kind, *(repr(v) for v in event.values)]),
+                "the namespace" if event.removed is None else f"{event.removed} removed",
+            )
+        await self._notify(event)
 
     async def _notify(self, event: PurgeEvent) -> None:
         hook = self._on_purge
@@ -1171,7 +1220,11 @@ class FillLock:
 class PurgeEvent:
     """What a purge did, for the ``on_purge`` hook (e.g. to forward it to a CDN).
 
-    ``kind`` is ``url``, ``tag``, ``prefix`` or ``clear``; ``removed`` is None for ``clear``.
+    ``kind`` is ``url``, ``tag``, ``prefix``, ``clear``, or ``invalidate`` for the
+    middleware's automatic invalidation after an unsafe request (``values``: the absolute
+    URLs purged, as ``purge_url`` takes them). ``removed`` is how many entries went; None for
+    ``clear``, and for an invalidation whose purge did not reach Redis (the URLs changed all
+    the same).
     """
 
     kind: str
@@ -1270,6 +1323,58 @@ return 1
 
 #: Most keys one UNLINK command names.
 UNLINK_BATCH = 256
+
+#: Lua, one index per call (one slot): list the members a purge is about to remove, and mark
+#: each by setting its expiry score to a half millisecond (stores always score whole ones).
+#: KEYS: a tag set (ARGV: now ms; members that have not expired), or a host's path index
+#: and its expiry companion (ARGV: ZRANGEBYLEX bounds, low and high, per range). Returns
+#: member, mark, member, mark...; the mark is '' for a path member without an expiry score.
+#: Storing the member again, even with the same expiry, replaces the mark with a whole score.
+PURGE_MARK_SCRIPT = """
+-- A purge must work on a full Redis. ZADD is refused for OOM until the script has written,
+-- and removing a member no index holds is a write that is never refused.
+local scored = KEYS[#KEYS]
+redis.call('ZREM', scored, '')
+local found = {}
+if #KEYS == 1 then
+  found = redis.call('ZRANGEBYSCORE', scored, ARGV[1], '+inf', 'WITHSCORES')
+else
+  for i = 1, #ARGV, 2 do
+    for _, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[1], ARGV[i], ARGV[i + 1])) do
+      found[#found + 1] = member
+      found[#found + 1] = redis.call('ZSCORE', scored, member)
+    end
+  end
+end
+local out = {}
+for i = 1, #found, 2 do
+  local mark = ''
+  if found[i + 1] then
+    mark = string.format('%.1f', math.floor(tonumber(found[i + 1])) + 0.5)
+    redis.call('ZADD', scored, 'XX', mark, found[i])
+  end
+  out[#out + 1] = found[i]
+  out[#out + 1] = mark
+end
+return out
+"""
+#: Lua, one index per call (the keys PURGE_MARK_SCRIPT took): remove each member whose
+#: score is still the mark it was given (ARGV: member, mark, member, mark...).
+PURGE_SWEEP_SCRIPT = """
+local scored = KEYS[#KEYS]
+for i = 1, #ARGV, 2 do
+  local member, mark = ARGV[i], ARGV[i + 1]
+  local score = redis.call('ZSCORE', scored, member)
+  if (score and tonumber(score) == tonumber(mark)) or (not score and mark == '') then
+    for _, key in ipairs(KEYS) do
+      redis.call('ZREM', key, member)
+    end
+  end
+end
+return 1
+"""
+#: Most members one PURGE_SWEEP_SCRIPT call checks.
+SWEEP_BATCH = 500
 
 
 def _by_slot(names: Sequence[str]) -> list[list[str]]:

@@ -100,7 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="show what is stored for a URL")
     inspect.add_argument("url", metavar="URL", help="an absolute http(s) URL")
 
-    stats = commands.add_parser("stats", help="count the entries and bytes in the namespace")
+    stats = commands.add_parser(
+        "stats",
+        help="count the entries and bytes in the namespace",
+        description=(
+            "Count the namespace's entries in Redis (SCAN on every primary) and estimate their"
+            " bytes (MEMORY USAGE of a sample). Traffic counters (hits, misses, stale,"
+            " bypass, errors) are per process, never in Redis: read cache.stats.snapshot()"
+            " in the app, or the Prometheus collector."
+        ),
+    )
     stats.add_argument(
         "--sample",
         type=_positive_int,

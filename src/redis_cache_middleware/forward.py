@@ -10,14 +10,15 @@ import hashlib
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from logging import DEBUG
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from redis.exceptions import ResponseError
 
 from . import policy
 from ._types import Message, RawHeaders, Receive, Scope, Send
-from .cache import FillLock, Lookup, RedisCache
+from .cache import FillLock, Lookup, PurgeEvent, RedisCache
 from .config import MAX_TAG_LENGTH, MAX_TAGS
 from .entry import CachedEntry
 from .keys import normalise_host
@@ -53,6 +54,9 @@ NO_BODY_STATUSES = frozenset({204, 304})
 TAG_HEADERS: dict[bytes, str | None] = {b"surrogate-key": None, b"cache-tag": ","}
 
 warn = RateLimitedWarning()
+
+#: Characters a path keeps unescaped in the URLs given to ``on_purge`` (RFC 3986 pchar).
+URL_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 T = TypeVar("T")
 
@@ -97,6 +101,7 @@ class Request:
     __slots__ = (
         "bypass_value",
         "cache_control",
+        "debug",
         "found",
         "has_authorization",
         "headers",
@@ -127,6 +132,9 @@ class Request:
         self.bypass_value: bytes | None = None
         self.uhash: str = ""
         self.found: Lookup | None = None
+        #: Whether this request logs its decisions: one level check per request, so that a
+        #: hit pays no more, and a change of level applies from the next request.
+        self.debug = logger.isEnabledFor(DEBUG)
         #: The fill lock this request's own lookup tried, and how that went (ACQUIRED,
         #: HELD or PASS); None when the lookup did not try one.
         self.prefill: tuple[FillLock, int] | None = None
@@ -267,6 +275,15 @@ class Forward:
         #: How it ended, for requests waiting on this fill: ``stored``, ``refused`` (not
         #: storable), ``error`` (the app raised) or ``other``.
         self.outcome = "error"
+        if request.debug:
+            logger.debug(
+                "%s (fwd=%s%s): %s %r",
+                "bypass" if fwd in ("bypass", "request") else "miss",
+                fwd,
+                f"; detail={self.detail}" if self.detail else "",
+                request.method,
+                request.path,
+            )
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app for this request and deliver (and maybe store) its response."""
@@ -320,6 +337,8 @@ class Forward:
             await self._on_body(message)
         else:
             # Trailers, pathsend or anything else we cannot copy: pass it on, store nothing.
+            if self.capturing and self.request.debug:
+                self._log_not_stored("uncapturable")
             self.capturing = False
             self.chunks = []
             if self.start is not None:
@@ -365,12 +384,23 @@ class Forward:
         self.decision = decision
         if not decision.store:
             self.middleware.cache.stats.not_stored[decision.reason] += 1
-            logger.debug("not stored (%s): %s", decision.reason, self.request.uhash)
+            if self.request.debug:
+                self._log_not_stored(decision.reason)
             self._add_status(message, stored=False, detail=decision.reason)
             await self._send(message)
             return
         self.capturing = True
         self.start = message
+
+    def _log_not_stored(self, reason: str) -> None:
+        request = self.request
+        logger.debug(
+            "not stored (%s; fwd-status=%d): %s %r",
+            reason,
+            self.status,
+            request.method,
+            request.path,
+        )
 
     def _add_status(self, message: Message, *, stored: bool, detail: str | None) -> None:
         headers = list(message.get("headers", []))
@@ -394,6 +424,8 @@ class Forward:
                 self.chunks = []
                 self.decision = policy.refuse("too-large")
                 self.middleware.cache.stats.not_stored["too-large"] += 1
+                if self.request.debug:
+                    self._log_not_stored("too-large")
                 if self.start is not None:
                     await self._release_start(stored=False, detail="too-large")
             else:
@@ -489,6 +521,15 @@ class Forward:
         if result is SKIPPED:
             return False
         cache.stats.stored += 1
+        if request.debug:
+            logger.debug(
+                "stored (ttl=%d s, %d bytes%s): %s %r",
+                int(decision.ttl),
+                len(body),
+                f", vary={','.join(names)}" if names else "",
+                request.method,
+                request.path,
+            )
         return True
 
     async def _release(self, *, refused: bool) -> None:
@@ -633,7 +674,8 @@ def _declared_length(headers: RawHeaders) -> int:
 class Invalidate:
     """Run an unsafe request; if it succeeds (2xx, 3xx), purge the cached GET of its URL and
     of ``Location`` / ``Content-Location`` on the same host, before the client hears back,
-    so that the client's next read sees the change (RFC 9111 4.4)."""
+    so that the client's next read sees the change (RFC 9111 4.4). The cache's ``on_purge``
+    hook hears of it in a task of its own: the response waits for the purge, not the hook."""
 
     def __init__(self, middleware: CacheMiddleware, scope: Scope) -> None:
         self.middleware = middleware
@@ -652,20 +694,40 @@ class Invalidate:
         cache = self.middleware.cache
         scheme = scope.get("scheme", "http")
         host = b"\x00".join(v for k, v in scope["headers"] if k == b"host")  # as Request does
-        uhashes = [cache.url_hash(scheme, host, scope["path"], scope.get("query_string", b""))]
+        targets = [(scope["path"], scope.get("query_string", b""))]
         for key, value in response_headers:
             if bytes(key).lower() in (b"location", b"content-location"):
                 target = _same_host_target(bytes(value), scheme, host)
                 if target is not None:
-                    uhashes.append(cache.url_hash(scheme, host, target[0], target[1]))
+                    targets.append(target)
+        uhashes = [cache.url_hash(scheme, host, path, query) for path, query in targets]
         removed = await guarded(
             cache,
             self.middleware.config.timeout,
             "invalidation",
             lambda: cache.purge_hashes(uhashes),
         )
-        if not isinstance(removed, Skipped):
-            cache.stats.invalidated += removed
+        count = None if isinstance(removed, Skipped) else removed
+        if count is not None:
+            cache.stats.invalidated += count
+        if logger.isEnabledFor(DEBUG):
+            logger.debug(
+                "invalidated (%s): %s %r purged %s",
+                "redis-error" if count is None else f"{count} removed",
+                scope["method"],
+                scope["path"],
+                ", ".join(repr(path) for path, _ in targets),
+            )
+        if cache.has_purge_hook:
+            # The hook runs behind the response; the URLs changed even when Redis failed.
+            urls = tuple(dict.fromkeys(_absolute(scheme, host, p, q) for p, q in targets))
+            cache.notify_soon(PurgeEvent("invalidate", urls, count))
+
+
+def _absolute(scheme: str, host: bytes, path: str, query: bytes) -> str:
+    """Return the absolute URL of a request target, as ``RedisCache.purge_url`` takes it."""
+    url = f"{scheme}://{host.decode('latin-1')}{quote(path, safe=URL_PATH_SAFE)}"
+    return f"{url}?{query.decode('latin-1')}" if query else url
 
 
 def _same_host_target(value: bytes, scheme: str, host: bytes) -> tuple[str, bytes] | None:

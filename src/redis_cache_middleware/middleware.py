@@ -59,6 +59,7 @@ from .forward import (
     replay,
 )
 from .keys import variant_hash
+from .stats import logger
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as bounded
@@ -248,6 +249,9 @@ class CacheMiddleware:
                     status = hit_status(config.cache_name, entry, age)
                 await replay(entry, age, request, status, send)
                 stats.hit_seconds += time.perf_counter() - request.started
+                if request.debug:
+                    kind = "stale hit" if usable.stale else "hit"
+                    logger.debug("%s (%s): %s %r", kind, status, method, path)
                 return
             if usable.reason == "authorization":
                 fwd = "miss"
@@ -506,6 +510,8 @@ class CacheMiddleware:
         status = f"{name}; fwd={fwd}; fwd-status={entry.status}; collapsed; ttl={ttl}"
         self.cache.stats.collapsed += 1
         await replay(entry, age, request, status, send)
+        if request.debug:
+            logger.debug("collapsed (%s): %s %r", status, request.method, request.path)
         return True
 
     # -- background refresh (stale-while-revalidate) ---------------------------------------
