@@ -22,6 +22,8 @@ from redis_cache_middleware.policy import (
     check_usable,
     decide_store,
     get_freshness_lifetime,
+    is_error_status,
+    marks_hit_for_pass,
     parse_cache_control,
     parse_http_date,
     parse_request,
@@ -974,3 +976,37 @@ def test_check_usable(
 ) -> None:
     result = check_usable(fresh_for, age, request_directives)
     assert (result.usable, result.reason) == (usable, reason)
+
+
+# -- hit-for-pass -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "conditional", "marks"),
+    [
+        pytest.param(200, False, True, id="refused-200"),
+        pytest.param(403, False, True, id="403"),
+        pytest.param(304, False, True, id="304-unasked"),
+        pytest.param(304, True, False, id="304-to-client-validators"),
+        pytest.param(500, False, False, id="500"),
+        pytest.param(503, True, False, id="503"),
+        pytest.param(408, False, False, id="408"),
+        pytest.param(429, False, False, id="429"),
+    ],
+)
+def test_marks_hit_for_pass(status: int, conditional: bool, marks: bool) -> None:
+    refused = StoreDecision(store=False, reason="status")
+    assert marks_hit_for_pass(status, refused, conditional) is marks
+    assert (
+        marks_hit_for_pass(status, StoreDecision(store=True, reason="stored"), conditional) is False
+    )
+
+
+def test_is_error_status() -> None:
+    assert [s for s in (200, 304, 404, 408, 410, 429, 500, 501, 599) if is_error_status(s)] == [
+        408,
+        429,
+        500,
+        501,
+        599,
+    ]

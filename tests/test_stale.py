@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from email.utils import formatdate
@@ -15,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from redis_cache_middleware import CacheMiddleware, RedisCache
+from redis_cache_middleware import CacheMiddleware, RedisCache, keys
+from redis_cache_middleware.forward import warn
 
 pytestmark = pytest.mark.anyio
 
@@ -169,6 +171,42 @@ async def test_failing_refresh_leaves_stale_entry(
     assert first.content == second.content == b"document v1"
     assert second.headers["cache-status"].endswith("fwd=stale")
     assert any("background refresh failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_refresh_answered_with_an_error_keeps_stale_entry_and_marks_no_pass(
+    cache: RedisCache, redis_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    origin = Versioned("max-age=1, stale-while-revalidate=30")
+    uhash = cache.url_hash("http", b"testserver", "/doc", b"")
+    base = keys.url_key(cache.namespace, 0, uhash)
+    warn.reset()  # rate-limited per process: another test may have just warned
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.fail = 500
+        with caplog.at_level(logging.WARNING, logger="redis_cache_middleware"):
+            first = await client.get("/doc")
+            await wait_for_refreshes(client)
+        # An error is no verdict on whether the URL is storable: no hit-for-pass, and
+        # the next refresh takes the fill lock again.
+        assert await redis_client.exists(keys.pass_key(base)) == 0
+        assert await redis_client.exists(keys.lock_key(base)) == 0
+        second = await client.get("/doc")
+        await wait_for_refreshes(client)
+        origin.fail = None
+        origin.version = 2
+        await client.get("/doc")
+        await wait_for_refreshes(client)
+        fresh = await client.get("/doc")
+    assert first.content == second.content == b"document v1"
+    assert second.headers["cache-status"].endswith("fwd=stale")
+    assert origin.calls == 4  # the fill, two failed refreshes, the one that stored v2
+    assert fresh.content == b"document v2" and "; hit; " in fresh.headers["cache-status"]
+    # One warning: the second failed refresh came within the rate limit's 10 s.
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "redis-cache background refresh of /doc got 500 from the app; the stale entry stays"
+    ]
 
 
 async def test_shutdown_with_refresh_in_flight_is_clean(cache: RedisCache) -> None:

@@ -263,7 +263,8 @@ class Forward:
         self.stored_at = 0.0
         self.send: Send = _nowhere
         #: How it ended, for requests waiting on this fill: ``stored``, ``refused`` (not
-        #: storable), ``error`` (the app raised) or ``other``.
+        #: storable, and hit-for-pass), ``error`` (the app raised) or ``other`` (nothing
+        #: stored, for no lasting reason: an error status, a 304 to the client's validators).
         self.outcome = "error"
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -286,17 +287,23 @@ class Forward:
                 stored = await self._serve_revalidated()
             elif self.capturing and self.complete:
                 stored = await self._store()
-            decision = self.decision
             if stored:
                 self.outcome = "stored"
-            elif decision is not None and not decision.store:
+            elif self._not_storable():
                 self.outcome = "refused"
             else:
                 self.outcome = "other"
         finally:
             if self.fill is not None and not stored:
-                decision = self.decision
-                await self._release(refused=decision is not None and not decision.store)
+                await self._release(refused=self._not_storable())
+
+    def _not_storable(self) -> bool:
+        """Whether the response shows the URL's responses cannot be stored (hit-for-pass):
+        refused, but not as a 304 to the client's own validators or an error status."""
+        decision = self.decision
+        return decision is not None and policy.marks_hit_for_pass(
+            self.status, decision, self.request.is_conditional
+        )
 
     def _cache_status(self, stored: bool, detail: str | None) -> bytes:
         name = self.middleware.config.cache_name

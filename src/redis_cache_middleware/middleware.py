@@ -57,6 +57,7 @@ from .forward import (
     has_validators,
     hit_status,
     replay,
+    warn,
 )
 from .keys import variant_hash
 
@@ -527,7 +528,8 @@ class CacheMiddleware:
         self, scope: Scope, request: Request, entry: CachedEntry, default_ttl: float | None
     ) -> None:
         """Refresh a stale entry once across every process: only the fill lock's owner runs
-        the app; a failure leaves the stale entry in place."""
+        the app; a failure (the app raises or answers an error status) leaves the stale entry
+        in place and is logged as a warning."""
         fill = FillLock(variant=self._fill_variant(request), token=new_token())
         if await self._acquire(request, fill) != ACQUIRED:
             return
@@ -541,6 +543,13 @@ class CacheMiddleware:
             fill=fill,
         )
         await forward.run(scope, empty_receive(), _discard)
+        if forward.outcome != "stored" and policy.is_error_status(forward.status):
+            # The app raising is logged by BackgroundTasks; an error answer is logged here.
+            warn(
+                "background refresh",
+                f"redis-cache background refresh of {request.path} got {forward.status} "
+                "from the app; the stale entry stays",
+            )
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:

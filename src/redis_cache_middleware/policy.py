@@ -416,6 +416,27 @@ def can_serve_stale_on_error(fresh_for: float, age: float, stale_if_error: float
 ERROR_STATUSES = frozenset({500, 502, 503, 504})
 
 
+def is_error_status(status: int) -> bool:
+    """Return whether a status tells of the server's state at the moment rather than of the
+    resource: a server error (5xx), 408 Request Timeout or 429 Too Many Requests."""
+    return status >= 500 or status in (408, 429)
+
+
+def marks_hit_for_pass(status: int, decision: StoreDecision, conditional_request: bool) -> bool:
+    """Return whether a response shows that the URL's responses cannot be stored, so that
+    requests for it skip coalescing for a while (hit-for-pass).
+
+    Only a refused response does, and not every one: a 304 answering the client's own
+    validators says nothing of whether the full response is storable, and an error status
+    (``is_error_status``) says nothing of the next answer.
+    """
+    if decision.store:
+        return False
+    if status == 304 and conditional_request:
+        return False
+    return not is_error_status(status)
+
+
 def get_validators(headers: RawHeaders) -> tuple[bytes | None, bytes | None]:
     """Return the ``ETag`` and ``Last-Modified`` of a stored response (None where absent)."""
     etag = last_modified = None

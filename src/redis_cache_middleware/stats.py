@@ -76,4 +76,5 @@ class RateLimitedWarning:
         held = self._held.pop(kind, 0)
         self._last[kind] = now
         suffix = f" ({held} more since the last warning)" if held else ""
-        logger.warning("%s: %s%s", message, f"{type(exc).__name__}: {exc}" if exc else "", suffix)
+        detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+        logger.warning("%s%s%s", message, detail, suffix)
