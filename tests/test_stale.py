@@ -126,6 +126,22 @@ async def test_swr_refresh_by_304_keeps_body_updates_headers(cache: RedisCache) 
     assert 98 <= ttl <= 100
 
 
+async def test_swr_answers_count_as_hits_with_their_latency(cache: RedisCache) -> None:
+    origin = Versioned("max-age=1, stale-while-revalidate=30")
+    async with client_for(cache, origin, max_background_refreshes=0) as client:
+        await client.get("/doc")
+        fresh = await client.get("/doc")
+        after_fresh = cache.stats.hit_seconds
+        await asyncio.sleep(1.1)
+        stale = [await client.get("/doc") for _ in range(3)]
+    assert "fwd=stale" not in fresh.headers["cache-status"]
+    assert all(r.headers["cache-status"].endswith("; fwd=stale") for r in stale)
+    counts = {k: v for k, v in cache.stats.snapshot().items() if k in ("hit", "miss", "stale")}
+    assert counts == {"hit": 4, "miss": 1, "stale": 0}
+    # hit_seconds sums the time of the same four answers that ``hit`` counts.
+    assert 0 < after_fresh < cache.stats.hit_seconds
+
+
 async def test_swr_from_config_default(cache: RedisCache) -> None:
     origin = Versioned("max-age=1")
     async with client_for(cache, origin, stale_while_revalidate=30) as client:
@@ -298,6 +314,20 @@ async def test_stale_if_error_past_window_lets_error_through(
         else:
             r = await client.get("/doc")
             assert r.status_code == 503 and r.content == b"upstream error"
+
+
+@pytest.mark.parametrize("failure", ["raise", 503])
+async def test_stale_if_error_answer_counts_once(cache: RedisCache, failure: int | str) -> None:
+    origin = Versioned("max-age=1, stale-if-error=60")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.fail = failure
+        r = await client.get("/doc")
+    assert "detail=stale-if-error" in r.headers["cache-status"]
+    counts = {k: v for k, v in cache.stats.snapshot().items() if k in ("hit", "miss", "stale")}
+    assert counts == {"hit": 0, "miss": 1, "stale": 1}
+    assert cache.stats.hit_seconds == 0
 
 
 async def test_stale_if_error_not_for_other_statuses(cache: RedisCache) -> None:

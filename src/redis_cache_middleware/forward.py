@@ -512,7 +512,6 @@ class Forward:
     async def _serve_fallback(self, why: str) -> None:
         entry = self.fallback
         assert entry is not None
-        self.middleware.cache.stats.stale += 1
         name = self.middleware.config.cache_name
         age = entry.age(time.time())
         status = f"{name}; hit; fwd=stale; fwd-status={why}; detail=stale-if-error"

@@ -241,12 +241,13 @@ class CacheMiddleware:
             if usable.usable:
                 if usable.stale:
                     # stale-while-revalidate: answer now, refresh behind the response.
-                    stats.stale += 1
                     self._refresh_later(scope, request, entry, default_ttl)
                     status = hit_status(config.cache_name, entry, age, "; fwd=stale")
                 else:
-                    stats.hit += 1
                     status = hit_status(config.cache_name, entry, age)
+                # Answered from the cache, fresh or within stale-while-revalidate: a hit, and
+                # its time goes to hit_seconds, so that the two describe the same answers.
+                stats.hit += 1
                 await replay(entry, age, request, status, send)
                 stats.hit_seconds += time.perf_counter() - request.started
                 return
@@ -268,6 +269,7 @@ class CacheMiddleware:
             await send({"type": "http.response.body", "body": b""})
             return
         if fwd == "stale":
+            # Counted once here, whatever the app answers (a stale-if-error answer included).
             stats.stale += 1
         else:
             stats.miss += 1
