@@ -300,13 +300,24 @@ async def test_stale_if_error_serves_stale(cache: RedisCache, failure: int | str
 
 
 @pytest.mark.parametrize("failure", ["raise", 503])
+@pytest.mark.parametrize(
+    "keep",
+    [
+        pytest.param(0, id="entry-gone"),
+        # The entry has an ETag, so keep_for_revalidation holds it in Redis past the window:
+        # it is found, and revalidated, but may no longer stand in for an error.
+        pytest.param(60, id="entry-still-stored"),
+    ],
+)
 async def test_stale_if_error_past_window_lets_error_through(
-    cache: RedisCache, failure: int | str
+    cache: RedisCache, failure: int | str, keep: int
 ) -> None:
-    origin = Versioned("max-age=1, stale-if-error=1")
-    async with client_for(cache, origin, keep_for_revalidation=0) as client:
+    origin = Versioned("max-age=0, stale-if-error=1")
+    async with client_for(cache, origin, keep_for_revalidation=keep) as client:
         await client.get("/doc")
-        await asyncio.sleep(2.1)
+        await asyncio.sleep(1.1)
+        stored = await cache.inspect_url("http://testserver/doc")
+        assert len(stored) == (1 if keep else 0)
         origin.fail = failure
         if failure == "raise":
             with pytest.raises(RuntimeError):
@@ -314,6 +325,10 @@ async def test_stale_if_error_past_window_lets_error_through(
         else:
             r = await client.get("/doc")
             assert r.status_code == 503 and r.content == b"upstream error"
+            assert "detail=stale-if-error" not in r.headers["cache-status"]
+        # The stale entry is neither served nor dropped: a later 304 may still refresh it.
+        assert len(await cache.inspect_url("http://testserver/doc")) == (1 if keep else 0)
+    assert origin.calls == 2
 
 
 @pytest.mark.parametrize("failure", ["raise", 503])
