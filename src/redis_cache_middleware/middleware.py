@@ -544,13 +544,17 @@ class CacheMiddleware:
             revalidate=revalidate,
             fill=fill,
         )
-        await forward.run(scope, empty_receive(), _discard)
+        failed = f"redis-cache background refresh of {request.path} failed"
+        try:
+            await forward.run(scope, empty_receive(), _discard)
+        except Exception as exc:
+            # Rate-limited: an outage fails every stale URL's refresh at once.
+            warn("background refresh", f"{failed}; the stale entry stays", exc)
+            return
         if forward.outcome != "stored" and policy.is_error_status(forward.status):
-            # The app raising is logged by BackgroundTasks; an error answer is logged here.
             warn(
                 "background refresh",
-                f"redis-cache background refresh of {request.path} got {forward.status} "
-                "from the app; the stale entry stays",
+                f"{failed} (the app answered {forward.status}); the stale entry stays",
             )
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
