@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from starlette.responses import Response
 
 from redis_cache_middleware import RedisCache, keys
 from redis_cache_middleware.cache import FillLock
@@ -96,6 +97,69 @@ async def test_not_storable_fill_releases_waiters_and_remembers_pass(
     # One fill (0.2 s), then every waiter went to the app in parallel: not 10 x 0.2 s.
     assert elapsed < 1.0
     assert second < 0.6
+
+
+class ConditionalOrigin(SlowOrigin):
+    """A slow origin whose documents carry ``ETag: "v1"``, answered 304 to a match."""
+
+    async def respond(self, request: Any) -> Any:
+        if request.headers.get("if-none-match") == '"v1"':
+            self.calls[request.url.path] += 1
+            await asyncio.sleep(self.delay)
+            return Response(status_code=304, headers={"etag": '"v1"'})
+        return await super().respond(request)
+
+
+def _pass_key(cache: RedisCache, path: str) -> str:
+    uhash = cache.url_hash("http", b"testserver", path, b"")
+    return keys.pass_key(keys.url_key(cache.namespace, 0, uhash))
+
+
+async def test_304_to_a_clients_validators_does_not_mark_hit_for_pass(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    # A browser revalidating what it saw before a purge: a cold URL, a conditional GET. The
+    # app's 304 is not stored, but it says nothing of whether the document is storable.
+    origin = ConditionalOrigin(
+        0.2, specs={"/doc": Spec(headers=[("etag", '"v1"'), ("cache-control", "max-age=60")])}
+    )
+    async with (
+        make_client(cache, origin) as one,
+        make_client(cache, origin) as two,
+        make_client(cache, origin) as three,
+    ):
+        conditional = await one.get("/doc", headers={"if-none-match": '"v1"'})
+        assert conditional.status_code == 304
+        assert "detail=status" in conditional.headers["cache-status"]
+        assert await redis_client.exists(_pass_key(cache, "/doc")) == 0
+        # Three middlewares stand for three processes: with hit-for-pass set, each would
+        # have gone to the app; coalescing across them makes it one call.
+        origin.calls.clear()
+        responses = await asyncio.gather(
+            *(client.get("/doc") for client in (one, two, three) for _ in range(10))
+        )
+    assert {r.status_code for r in responses} == {200}
+    assert origin.calls["/doc"] == 1
+    assert sum("collapsed" in r.headers["cache-status"] for r in responses) == 29
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+async def test_error_status_does_not_mark_hit_for_pass(
+    cache: RedisCache, redis_client: Any, status: int
+) -> None:
+    origin = Origin(specs={"/down": Spec(status=status)})
+    async with make_client(cache, origin, default_ttl=60) as client:
+        response = await client.get("/down")
+        assert response.status_code == status
+        assert await redis_client.exists(_pass_key(cache, "/down")) == 0
+        # Its lock is released all the same: the next request is not kept waiting.
+        uhash = cache.url_hash("http", b"testserver", "/down", b"")
+        assert (
+            await redis_client.exists(keys.lock_key(keys.url_key(cache.namespace, 0, uhash))) == 0
+        )
+        origin.specs["/down"] = Spec()
+        recovered = await client.get("/down")
+    assert "stored" in recovered.headers["cache-status"]
 
 
 async def test_dead_lock_owner_taken_over_within_lock_ttl(

@@ -22,7 +22,14 @@ from redis_cache_middleware.policy import (
     check_usable,
     decide_store,
     get_freshness_lifetime,
+    get_not_modified_headers,
+    has_matching_etag,
+    is_error_status,
+    is_not_modified,
+    marks_hit_for_pass,
+    merge_not_modified,
     parse_cache_control,
+    parse_entity_tags,
     parse_http_date,
     parse_request,
     parse_vary,
@@ -974,3 +981,265 @@ def test_check_usable(
 ) -> None:
     result = check_usable(fresh_for, age, request_directives)
     assert (result.usable, result.reason) == (usable, reason)
+
+
+# -- hit-for-pass -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "conditional", "marks"),
+    [
+        pytest.param(200, False, True, id="refused-200"),
+        pytest.param(403, False, True, id="403"),
+        pytest.param(304, False, True, id="304-unasked"),
+        pytest.param(304, True, False, id="304-to-client-validators"),
+        pytest.param(500, False, False, id="500"),
+        pytest.param(503, True, False, id="503"),
+        pytest.param(408, False, False, id="408"),
+        pytest.param(429, False, False, id="429"),
+    ],
+)
+def test_marks_hit_for_pass(status: int, conditional: bool, marks: bool) -> None:
+    refused = StoreDecision(store=False, reason="status")
+    assert marks_hit_for_pass(status, refused, conditional) is marks
+    assert (
+        marks_hit_for_pass(status, StoreDecision(store=True, reason="stored"), conditional) is False
+    )
+
+
+def test_is_error_status() -> None:
+    assert [s for s in (200, 304, 404, 408, 410, 429, 500, 501, 599) if is_error_status(s)] == [
+        408,
+        429,
+        500,
+        501,
+        599,
+    ]
+
+
+# -- conditional requests (RFC 9110 13, RFC 9111 4.3.2) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        pytest.param([b'"v1"'], (False, [b'"v1"']), id="one"),
+        pytest.param([b'W/"v1"'], (False, [b'"v1"']), id="weak"),
+        pytest.param([b'"a,b"'], (False, [b'"a,b"']), id="comma-inside"),
+        pytest.param([b'"x", W/"a,b" ,"y"'], (False, [b'"x"', b'"a,b"', b'"y"']), id="list"),
+        pytest.param([b'"x"', b'"y"'], (False, [b'"x"', b'"y"']), id="two-lines"),
+        pytest.param([b'""'], (False, [b'""']), id="empty-tag"),
+        pytest.param([b"*"], (True, []), id="star"),
+        pytest.param([b' "a" , * '], (True, [b'"a"']), id="star-in-list"),
+        pytest.param([b"abc, W/def"], (False, [b"abc", b"def"]), id="unquoted"),
+        pytest.param([b'"a"junk, "b"'], (False, [b'"a"', b'"b"']), id="junk-after-quote"),
+        pytest.param([b'"b", "unterminated'], (False, [b'"b"']), id="unterminated"),
+        pytest.param([b"W/*"], (False, [b"*"]), id="weak-star-is-no-star"),
+        pytest.param([b"", b",, ,", b"W/"], (False, []), id="nothing"),
+    ],
+)
+def test_parse_entity_tags(values: list[bytes], expected: tuple[bool, list[bytes]]) -> None:
+    assert parse_entity_tags(values) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b'"', b'W/"', b"W", b'\x00"\xff', b'"a""b"', b',"', b'W/W/"a"', b"\xe9\xe9", b'\\"a\\"'],
+)
+def test_parse_entity_tags_never_raises(value: bytes) -> None:
+    star, tags = parse_entity_tags([value])
+    assert isinstance(star, bool) and all(isinstance(t, bytes) and t for t in tags)
+
+
+@pytest.mark.parametrize(
+    ("if_none_match", "etag", "matches"),
+    [
+        pytest.param([b'"v1"'], b'"v1"', True, id="strong-strong"),
+        pytest.param([b'"v1"'], b'W/"v1"', True, id="stored-weak-request-strong"),
+        pytest.param([b'W/"v1"'], b'"v1"', True, id="stored-strong-request-weak"),
+        pytest.param([b'W/"v1"'], b'W/"v1"', True, id="weak-weak"),
+        pytest.param([b'"v2"'], b'"v1"', False, id="different"),
+        pytest.param([b'"V1"'], b'"v1"', False, id="case-sensitive"),
+        pytest.param([b'"other", "v1"'], b'"v1"', True, id="in-a-list"),
+        pytest.param([b'"other"', b'W/"v1"'], b'"v1"', True, id="on-a-second-line"),
+        pytest.param([b'"a,b"'], b'"a,b"', True, id="comma-etag"),
+        pytest.param([b'"x", "a,b"'], b'W/"a,b"', True, id="comma-etag-in-a-list"),
+        pytest.param([b'"a"'], b'"a,b"', False, id="comma-etag-prefix"),
+        pytest.param([b'"b"'], b'"a,b"', False, id="comma-etag-suffix"),
+        pytest.param([b'"a,b"'], b'"a"', False, id="request-comma-etag"),
+        pytest.param([b"*"], b'"v1"', True, id="star"),
+        pytest.param([b"*"], None, True, id="star-without-etag"),
+        pytest.param([b'"v1"'], None, False, id="no-stored-etag"),
+        pytest.param([b'junk, "v1"'], b'"v1"', True, id="junk-then-match"),
+        pytest.param([b"garbage"], b'"v1"', False, id="garbage"),
+    ],
+)
+def test_has_matching_etag(if_none_match: list[bytes], etag: bytes | None, matches: bool) -> None:
+    assert has_matching_etag(if_none_match, etag) is matches
+
+
+LAST_MODIFIED = http_date(NOW - 3600)
+
+
+@pytest.mark.parametrize(
+    ("if_none_match", "if_modified_since", "headers", "stored_at", "expected"),
+    [
+        pytest.param([b'W/"v1"'], None, [(b"etag", b'"v1"')], NOW, True, id="inm-weak"),
+        pytest.param([b'"a,b"'], None, [(b"etag", b'"a,b"')], NOW, True, id="inm-comma"),
+        pytest.param([b"*"], None, [(b"last-modified", LAST_MODIFIED)], NOW, True, id="inm-star"),
+        # If-None-Match wins: a matching If-Modified-Since does not rescue a mismatch...
+        pytest.param(
+            [b'"x"'],
+            http_date(NOW),
+            [(b"etag", b'"v1"'), (b"last-modified", LAST_MODIFIED)],
+            NOW,
+            False,
+            id="inm-wins-over-matching-ims",
+        ),
+        # ...and a stale one does not spoil a match.
+        pytest.param(
+            [b'"v1"'],
+            http_date(NOW - 7200),
+            [(b"etag", b'"v1"'), (b"last-modified", LAST_MODIFIED)],
+            NOW,
+            True,
+            id="inm-wins-over-old-ims",
+        ),
+        pytest.param(
+            [], LAST_MODIFIED, [(b"last-modified", LAST_MODIFIED)], NOW, True, id="ims-equal"
+        ),
+        pytest.param(
+            [], http_date(NOW), [(b"last-modified", LAST_MODIFIED)], NOW, True, id="ims-later"
+        ),
+        pytest.param(
+            [],
+            http_date(NOW - 3601),
+            [(b"last-modified", LAST_MODIFIED)],
+            NOW,
+            False,
+            id="ims-earlier",
+        ),
+        # Without Last-Modified, the stored Date; without either, when it was stored.
+        pytest.param(
+            [], http_date(NOW - 10), [(b"date", http_date(NOW - 10))], NOW, True, id="date-equal"
+        ),
+        pytest.param(
+            [], http_date(NOW - 11), [(b"date", http_date(NOW - 10))], NOW, False, id="date-later"
+        ),
+        pytest.param(
+            [],
+            http_date(NOW - 11),
+            [(b"last-modified", LAST_MODIFIED), (b"date", http_date(NOW))],
+            NOW,
+            True,
+            id="last-modified-before-date",
+        ),
+        pytest.param(
+            [],
+            http_date(NOW - 10),
+            [(b"last-modified", b"junk"), (b"date", http_date(NOW - 20))],
+            NOW,
+            True,
+            id="junk-last-modified-falls-back-to-date",
+        ),
+        pytest.param([], http_date(NOW - 5), [], NOW - 5, True, id="stored-at-equal"),
+        pytest.param([], http_date(NOW - 6), [], NOW - 5, False, id="stored-at-later"),
+        pytest.param(
+            [], b"garbage", [(b"last-modified", LAST_MODIFIED)], NOW, False, id="ims-junk"
+        ),
+        pytest.param([], None, [(b"etag", b'"v1"')], NOW, False, id="unconditional"),
+    ],
+)
+def test_is_not_modified(
+    if_none_match: list[bytes],
+    if_modified_since: bytes | None,
+    headers: RawHeaders,
+    stored_at: float,
+    expected: bool,
+) -> None:
+    assert is_not_modified(if_none_match, if_modified_since, headers, stored_at) is expected
+
+
+STORED: RawHeaders = [
+    (b"content-type", b"text/html"),
+    (b"cache-control", b"max-age=60"),
+    (b"cache-control", b"public"),
+    (b"etag", b'"v1"'),
+    (b"content-length", b"1234"),
+    (b"content-encoding", b"gzip"),
+    (b"vary", b"accept-encoding"),
+    (b"vary", b"accept-language"),
+    (b"date", http_date(NOW)),
+    (b"expires", http_date(NOW + 60)),
+    (b"content-location", b"/doc.en.html"),
+    (b"last-modified", LAST_MODIFIED),
+    (b"x-version", b"1"),
+    (b"set-cookie", b"a=b"),
+]
+
+
+def test_not_modified_carries_the_fields_rfc_9110_15_4_5_names() -> None:
+    # ETag, Cache-Control, Date, Vary, Expires, Content-Location: every line, in order.
+    assert get_not_modified_headers(STORED) == [
+        (b"cache-control", b"max-age=60"),
+        (b"cache-control", b"public"),
+        (b"etag", b'"v1"'),
+        (b"vary", b"accept-encoding"),
+        (b"vary", b"accept-language"),
+        (b"date", http_date(NOW)),
+        (b"expires", http_date(NOW + 60)),
+        (b"content-location", b"/doc.en.html"),
+    ]
+
+
+def test_not_modified_carries_last_modified_only_without_an_etag() -> None:
+    without_etag = [(n, v) for n, v in STORED if n != b"etag"]
+    headers = get_not_modified_headers(without_etag)
+    assert (b"last-modified", LAST_MODIFIED) in headers
+    assert {n for n, _ in headers} == {
+        b"cache-control",
+        b"vary",
+        b"date",
+        b"expires",
+        b"content-location",
+        b"last-modified",
+    }
+    assert get_not_modified_headers([(b"content-type", b"text/plain")]) == []
+
+
+def test_merge_not_modified_updates_fields_in_place_and_keeps_framing() -> None:
+    fresh: RawHeaders = [
+        (b"cache-control", b"max-age=300"),
+        (b"date", http_date(NOW + 100)),
+        (b"etag", b'"v1"'),
+        (b"x-new", b"1"),
+        (b"x-new", b"2"),
+        (b"content-length", b"0"),
+        (b"content-encoding", b"identity"),
+        (b"age", b"5"),
+    ]
+    merged = merge_not_modified(STORED, fresh)
+    assert merged == [
+        (b"content-type", b"text/html"),
+        # Both stored Cache-Control lines give way to the 304's one, where they stood.
+        (b"cache-control", b"max-age=300"),
+        (b"etag", b'"v1"'),
+        # Length and framing stay as stored: the body is the stored one.
+        (b"content-length", b"1234"),
+        (b"content-encoding", b"gzip"),
+        (b"vary", b"accept-encoding"),
+        (b"vary", b"accept-language"),
+        (b"date", http_date(NOW + 100)),
+        (b"expires", http_date(NOW + 60)),
+        (b"content-location", b"/doc.en.html"),
+        (b"last-modified", LAST_MODIFIED),
+        (b"x-version", b"1"),
+        (b"set-cookie", b"a=b"),
+        (b"x-new", b"1"),
+        (b"x-new", b"2"),
+    ]
+
+
+def test_merge_not_modified_without_fields_keeps_the_stored_headers() -> None:
+    assert merge_not_modified(STORED, []) == STORED
+    assert merge_not_modified(STORED, [(b"content-length", b"0")]) == STORED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import sys
 
@@ -91,6 +92,37 @@ async def test_scrape_reports_traffic(cache: RedisCache, registry: CollectorRegi
     latency = value(samples, "redis_cache_hit_latency_seconds_sum", namespace=ns)
     assert latency == pytest.approx(cache.stats.hit_seconds)
     assert 0 < latency < 5
+
+
+@pytest.mark.anyio
+async def test_hit_latency_count_is_the_hit_count_with_stale_answers(
+    cache: RedisCache, registry: CollectorRegistry
+) -> None:
+    register(cache, registry)
+    origin = Origin(
+        specs={
+            "/swr": Spec(headers=[("cache-control", "max-age=1, stale-while-revalidate=60")]),
+            "/sie": Spec(headers=[("cache-control", "max-age=1, stale-if-error=60")]),
+        }
+    )
+    async with make_client(cache, origin, max_background_refreshes=0) as client:
+        await client.get("/swr")  # miss
+        await client.get("/sie")  # miss
+        await client.get("/swr")  # hit
+        await asyncio.sleep(1.1)
+        await client.get("/swr")  # stale-while-revalidate: a hit
+        await client.get("/swr")  # stale-while-revalidate: a hit
+        origin.specs["/sie"] = Spec(status=503)
+        r = await client.get("/sie")  # stale, answered by the stale entry
+    assert "detail=stale-if-error" in r.headers["cache-status"]
+    ns = cache.namespace
+    samples, _ = scrape(registry)
+    assert value(samples, "redis_cache_hits_total", namespace=ns) == 3
+    assert value(samples, "redis_cache_misses_total", namespace=ns) == 2
+    assert value(samples, "redis_cache_stale_total", namespace=ns) == 1
+    assert value(samples, "redis_cache_hit_latency_seconds_count", namespace=ns) == 3
+    latency = value(samples, "redis_cache_hit_latency_seconds_sum", namespace=ns)
+    assert latency == pytest.approx(cache.stats.hit_seconds) and latency > 0
 
 
 @pytest.mark.anyio

@@ -25,7 +25,9 @@ from redis_cache_middleware.keys import normalise_query
 from redis_cache_middleware.policy import (
     MAX_DELTA_SECONDS,
     CacheControl,
+    has_matching_etag,
     parse_cache_control,
+    parse_entity_tags,
     parse_vary,
 )
 
@@ -148,6 +150,37 @@ def test_vary_is_order_case_and_split_insensitive(names: list[str], data: st.Dat
 @given(st.lists(TOKEN, max_size=4), st.lists(TOKEN, max_size=4))
 def test_vary_star_anywhere_is_none(before: list[str], after: list[str]) -> None:
     assert parse_vary([", ".join([*before, " * ", *after]).encode()]) is None
+
+
+# -- entity-tags -----------------------------------------------------------------------------
+
+#: RFC 9110 8.8.3: etagc = %x21 / %x23-7E / obs-text (commas, slashes and stars included).
+ETAGC = st.sampled_from([bytes([c]) for c in (0x21, *range(0x23, 0x7F), 0x80, 0xFF)])
+OPAQUE = st.lists(ETAGC, max_size=8).map(lambda chars: b'"' + b"".join(chars) + b'"')
+
+
+@FAST
+@given(st.lists(st.tuples(st.booleans(), OPAQUE), min_size=1, max_size=5), st.data())
+def test_entity_tag_lists_parse_back_to_their_tags(
+    tags: list[tuple[bool, bytes]], data: st.DataObject
+) -> None:
+    spelled = [(b"W/" if weak else b"") + opaque for weak, opaque in tags]
+    separators = [data.draw(st.sampled_from([b",", b", ", b" ,", b" , ", b",,"])) for _ in tags]
+    line = b"".join(tag + sep for tag, sep in zip(spelled, separators, strict=True))
+    assert parse_entity_tags([line]) == (False, [opaque for _, opaque in tags])
+    for weak, opaque in tags:
+        # Weak comparison: either side may be weak.
+        assert has_matching_etag([line], (b"W/" if not weak else b"") + opaque)
+
+
+@FAST
+@given(st.lists(st.binary(max_size=40), max_size=4), st.one_of(st.none(), st.binary(max_size=20)))
+def test_entity_tags_never_raise(lines: list[bytes], etag: bytes | None) -> None:
+    star, tags = parse_entity_tags(lines)
+    assert all(tag and tag == tag.strip() for tag in tags)
+    assert has_matching_etag(lines, etag) in (True, False)
+    if star:  # a bare "*" member; one inside a quoted tag is part of that tag
+        assert any(part.strip() == b"*" for line in lines for part in line.split(b","))
 
 
 @FAST

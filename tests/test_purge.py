@@ -6,11 +6,16 @@ import asyncio
 import time
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio
 import redis.exceptions
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from redis_cache_middleware import RedisCache, keys
+from redis_cache_middleware import CacheMiddleware, RedisCache, keys
 from redis_cache_middleware.cache import PurgeEvent
 
 from .helpers import Origin, Spec, make_client
@@ -602,3 +607,103 @@ async def test_purge_url_ignores_user_info(cache: RedisCache) -> None:
     async with make_client(cache, origin, default_ttl=60) as client:
         await client.get("/ui")
     assert await cache.purge_url("http://someone@testserver/ui") == 1
+
+
+# -- entries refreshed by a 304 --------------------------------------------------------------
+
+
+class Revalidating:
+    """An origin whose document has an ETag per ``Accept-Language`` (and version), answering
+    304 when the request's ``If-None-Match`` matches; ``cache_control`` goes on every answer,
+    ``headers`` too."""
+
+    def __init__(self, cache_control: str, headers: dict[str, str]) -> None:
+        self.cache_control = cache_control
+        self.headers = headers
+        self.version = 1
+        self.not_modified = 0
+
+    async def respond(self, request: Request) -> Response:
+        lang = request.headers.get("accept-language", "-")
+        etag = f'"{lang}-v{self.version}"'
+        headers = {"cache-control": self.cache_control, "etag": etag, **self.headers}
+        if request.headers.get("if-none-match") == etag:
+            self.not_modified += 1
+            return Response(status_code=304, headers=headers)
+        return Response(f"{request.url.path} {lang} v{self.version}".encode(), headers=headers)
+
+
+def revalidating_client(cache: RedisCache, origin: Revalidating) -> httpx.AsyncClient:
+    app = Starlette(routes=[Route("/{path:path}", origin.respond)])
+    # max-age=0 with a validator: stored for keep_for_revalidation (0.5 s), stale at once, so
+    # the next request revalidates; the 304 then gives it a 30 s life.
+    app.add_middleware(CacheMiddleware, cache=cache, keep_for_revalidation=0.5)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+async def _store_then_refresh(
+    client: httpx.AsyncClient, origin: Revalidating, path: str, **kw: Any
+) -> None:
+    first = await client.get(path, **kw)
+    assert "stored" in _status(first)
+    origin.cache_control = "max-age=30"
+    refreshed = await client.get(path, **kw)
+    assert _status(refreshed) == "redis-cache; fwd=stale; fwd-status=304; stored"
+    origin.cache_control = "max-age=0"
+
+
+async def _ttl_ms(redis_client: Any, key: str) -> int:
+    return int(await redis_client.pttl(key))
+
+
+async def test_purge_tag_and_prefix_find_an_entry_refreshed_by_304(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    origin = Revalidating("max-age=0", {"surrogate-key": "doc"})
+    ns = cache.namespace
+    async with revalidating_client(cache, origin) as client:
+        await _store_then_refresh(client, origin, "/tagged")
+        await _store_then_refresh(client, origin, "/prefixed/1")
+        assert origin.not_modified == 2
+        # The indexes live as long as the refreshed entries (30 s fresh, 0.5 s kept), not as
+        # the first stores did.
+        tkey = keys.tag_key(ns, 0, "doc")
+        lex, exp = keys.prefix_keys(ns, 0, b"testserver")
+        for key in (tkey, lex, exp, keys.hosts_key(ns, 0)):
+            assert 29_000 < await _ttl_ms(redis_client, key) <= 30_500, key
+        now_ms = time.time() * 1000
+        scores = await redis_client.zrange(tkey, 0, -1, withscores=True)
+        assert len(scores) == 2 and all(score > now_ms + 29_000 for _, score in scores)
+        await asyncio.sleep(0.7)  # past the first stores' 0.5 s
+        origin.version = 2
+        assert await cache.purge_tag("doc") == 2
+        tagged = await client.get("/tagged")
+        await _store_then_refresh(client, origin, "/prefixed/2")
+        await asyncio.sleep(0.7)
+        assert await cache.purge_prefix("/prefixed") == 1
+        prefixed = await client.get("/prefixed/2")
+    assert tagged.content == b"/tagged - v2" and "hit" not in _status(tagged)
+    assert prefixed.content == b"/prefixed/2 - v2" and "hit" not in _status(prefixed)
+
+
+async def test_purge_url_finds_every_variant_refreshed_by_304(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    origin = Revalidating("max-age=0", {"vary": "accept-language"})
+    english = {"headers": {"accept-language": "en"}}
+    french = {"headers": {"accept-language": "fr"}}
+    async with revalidating_client(cache, origin) as client:
+        await client.get("/doc", **english)  # stored for 0.5 s, marker and variant set too
+        await _store_then_refresh(client, origin, "/doc", **french)
+        base = keys.url_key(cache.namespace, 0, cache.url_hash("http", b"testserver", "/doc", b""))
+        # The marker and the variant set cover the refreshed variant's 30.5 s.
+        assert 29_000 < await _ttl_ms(redis_client, base) <= 30_500
+        assert 29_000 < await _ttl_ms(redis_client, keys.variants_key(base)) <= 30_500
+        await asyncio.sleep(0.7)  # the English variant is gone; the French one lives on
+        origin.version = 2
+        assert await cache.purge_url("http://testserver/doc") == 1
+        assert await redis_client.exists(base, keys.variants_key(base)) == 0
+        en = await client.get("/doc", **english)  # writes a new marker
+        fr = await client.get("/doc", **french)
+    assert en.content == b"/doc en v2"
+    assert fr.content == b"/doc fr v2" and "hit" not in _status(fr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from email.utils import formatdate
@@ -10,12 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.exceptions
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from redis_cache_middleware import CacheMiddleware, RedisCache
+from redis_cache_middleware import CacheMiddleware, RedisCache, keys
+from redis_cache_middleware.forward import warn
 
 pytestmark = pytest.mark.anyio
 
@@ -124,6 +127,22 @@ async def test_swr_refresh_by_304_keeps_body_updates_headers(cache: RedisCache) 
     assert 98 <= ttl <= 100
 
 
+async def test_swr_answers_count_as_hits_with_their_latency(cache: RedisCache) -> None:
+    origin = Versioned("max-age=1, stale-while-revalidate=30")
+    async with client_for(cache, origin, max_background_refreshes=0) as client:
+        await client.get("/doc")
+        fresh = await client.get("/doc")
+        after_fresh = cache.stats.hit_seconds
+        await asyncio.sleep(1.1)
+        stale = [await client.get("/doc") for _ in range(3)]
+    assert "fwd=stale" not in fresh.headers["cache-status"]
+    assert all(r.headers["cache-status"].endswith("; fwd=stale") for r in stale)
+    counts = {k: v for k, v in cache.stats.snapshot().items() if k in ("hit", "miss", "stale")}
+    assert counts == {"hit": 4, "miss": 1, "stale": 0}
+    # hit_seconds sums the time of the same four answers that ``hit`` counts.
+    assert 0 < after_fresh < cache.stats.hit_seconds
+
+
 async def test_swr_from_config_default(cache: RedisCache) -> None:
     origin = Versioned("max-age=1")
     async with client_for(cache, origin, stale_while_revalidate=30) as client:
@@ -159,6 +178,7 @@ async def test_failing_refresh_leaves_stale_entry(
     cache: RedisCache, caplog: pytest.LogCaptureFixture
 ) -> None:
     origin = Versioned("max-age=1, stale-while-revalidate=30")
+    warn.reset()  # rate-limited per process: another test may have just warned
     async with client_for(cache, origin) as client:
         await client.get("/doc")
         await asyncio.sleep(1.1)
@@ -166,9 +186,52 @@ async def test_failing_refresh_leaves_stale_entry(
         first = await client.get("/doc")
         await wait_for_refreshes(client)
         second = await client.get("/doc")
+        await wait_for_refreshes(client)
     assert first.content == second.content == b"document v1"
     assert second.headers["cache-status"].endswith("fwd=stale")
-    assert any("background refresh failed" in r.getMessage() for r in caplog.records)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    # Once: the second failure came within the rate limit's 10 s.
+    assert warnings == [
+        "redis-cache background refresh of /doc failed; the stale entry stays: "
+        "RuntimeError: origin down"
+    ]
+
+
+async def test_refresh_answered_with_an_error_keeps_stale_entry_and_marks_no_pass(
+    cache: RedisCache, redis_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    origin = Versioned("max-age=1, stale-while-revalidate=30")
+    uhash = cache.url_hash("http", b"testserver", "/doc", b"")
+    base = keys.url_key(cache.namespace, 0, uhash)
+    warn.reset()  # rate-limited per process: another test may have just warned
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.fail = 500
+        with caplog.at_level(logging.WARNING, logger="redis_cache_middleware"):
+            first = await client.get("/doc")
+            await wait_for_refreshes(client)
+        # An error is no verdict on whether the URL is storable: no hit-for-pass, and
+        # the next refresh takes the fill lock again.
+        assert await redis_client.exists(keys.pass_key(base)) == 0
+        assert await redis_client.exists(keys.lock_key(base)) == 0
+        second = await client.get("/doc")
+        await wait_for_refreshes(client)
+        origin.fail = None
+        origin.version = 2
+        await client.get("/doc")
+        await wait_for_refreshes(client)
+        fresh = await client.get("/doc")
+    assert first.content == second.content == b"document v1"
+    assert second.headers["cache-status"].endswith("fwd=stale")
+    assert origin.calls == 4  # the fill, two failed refreshes, the one that stored v2
+    assert fresh.content == b"document v2" and "; hit; " in fresh.headers["cache-status"]
+    # One warning: the second failed refresh came within the rate limit's 10 s.
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "redis-cache background refresh of /doc failed (the app answered 500); the stale entry"
+        " stays"
+    ]
 
 
 async def test_shutdown_with_refresh_in_flight_is_clean(cache: RedisCache) -> None:
@@ -246,13 +309,24 @@ async def test_stale_if_error_serves_stale(cache: RedisCache, failure: int | str
 
 
 @pytest.mark.parametrize("failure", ["raise", 503])
+@pytest.mark.parametrize(
+    "keep",
+    [
+        pytest.param(0, id="entry-gone"),
+        # The entry has an ETag, so keep_for_revalidation holds it in Redis past the window:
+        # it is found, and revalidated, but may no longer stand in for an error.
+        pytest.param(60, id="entry-still-stored"),
+    ],
+)
 async def test_stale_if_error_past_window_lets_error_through(
-    cache: RedisCache, failure: int | str
+    cache: RedisCache, failure: int | str, keep: int
 ) -> None:
-    origin = Versioned("max-age=1, stale-if-error=1")
-    async with client_for(cache, origin, keep_for_revalidation=0) as client:
+    origin = Versioned("max-age=0, stale-if-error=1")
+    async with client_for(cache, origin, keep_for_revalidation=keep) as client:
         await client.get("/doc")
-        await asyncio.sleep(2.1)
+        await asyncio.sleep(1.1)
+        stored = await cache.inspect_url("http://testserver/doc")
+        assert len(stored) == (1 if keep else 0)
         origin.fail = failure
         if failure == "raise":
             with pytest.raises(RuntimeError):
@@ -260,6 +334,24 @@ async def test_stale_if_error_past_window_lets_error_through(
         else:
             r = await client.get("/doc")
             assert r.status_code == 503 and r.content == b"upstream error"
+            assert "detail=stale-if-error" not in r.headers["cache-status"]
+        # The stale entry is neither served nor dropped: a later 304 may still refresh it.
+        assert len(await cache.inspect_url("http://testserver/doc")) == (1 if keep else 0)
+    assert origin.calls == 2
+
+
+@pytest.mark.parametrize("failure", ["raise", 503])
+async def test_stale_if_error_answer_counts_once(cache: RedisCache, failure: int | str) -> None:
+    origin = Versioned("max-age=1, stale-if-error=60")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.fail = failure
+        r = await client.get("/doc")
+    assert "detail=stale-if-error" in r.headers["cache-status"]
+    counts = {k: v for k, v in cache.stats.snapshot().items() if k in ("hit", "miss", "stale")}
+    assert counts == {"hit": 0, "miss": 1, "stale": 1}
+    assert cache.stats.hit_seconds == 0
 
 
 async def test_stale_if_error_not_for_other_statuses(cache: RedisCache) -> None:
@@ -346,6 +438,27 @@ async def test_stale_entry_revalidated_by_304(cache: RedisCache, validator: str)
     assert r.headers["cache-control"] == "max-age=50"
     assert again.headers["cache-status"].startswith("redis-cache; hit; ttl=")
     assert again.content == b"document v1"
+
+
+async def test_revalidation_whose_store_fails_says_so(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin = Versioned("max-age=1")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+
+        async def refused(*args: Any, **kwargs: Any) -> None:
+            raise redis.exceptions.ResponseError("OOM command not allowed")
+
+        monkeypatch.setattr(cache, "store", refused)
+        r = await client.get("/doc")
+    assert origin.conditional_calls["if-none-match"] == 1
+    # Served from the revalidated entry all the same, but without a claim of "stored".
+    assert r.status_code == 200 and r.content == b"document v1"
+    assert r.headers["cache-status"] == (
+        "redis-cache; fwd=stale; fwd-status=304; detail=redis-error"
+    )
 
 
 async def test_stale_entry_replaced_by_200(cache: RedisCache) -> None:

@@ -756,22 +756,6 @@ class RedisCache:
             args=[fill.token, int(pass_for * 1000)],
         )
 
-    async def refresh(self, key: str, entry: CachedEntry, *, ttl: float) -> None:
-        """Update a stored entry's headers and freshness after a 304, leaving its body.
-
-        Should the entry have gone meanwhile, what is written lacks a body and reads as a
-        miss, never as a wrong response.
-        """
-        fields = entry_codec.encode(entry)
-        del fields[entry_codec.F_BODY]
-        if self._cluster:  # a script, not redis-py's threaded cluster MULTI (one key, one slot)
-            await self._client.eval(REFRESH_SCRIPT, 1, key, max(1, int(ttl * 1000)), *_flat(fields))
-            return
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-            pipe.pexpire(key, max(1, int(ttl * 1000)))
-            await pipe.execute()
-
     # -- purges ---------------------------------------------------------------------------
 
     async def _current_generation(self) -> int:
@@ -1313,13 +1297,6 @@ def _decode_reply(reply: Any) -> CachedEntry | VaryMarker | None:
         return entry_codec.decode(dict(zip(reply[::2], reply[1::2], strict=False)))
     return None
 
-
-#: Lua (cluster only): a 304's refresh, HSET then PEXPIRE as one step.
-REFRESH_SCRIPT = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
 
 #: Most keys one UNLINK command names.
 UNLINK_BATCH = 256

@@ -273,7 +273,8 @@ class Forward:
         self.stored: bool | None = None
         self.send: Send = _nowhere
         #: How it ended, for requests waiting on this fill: ``stored``, ``refused`` (not
-        #: storable), ``error`` (the app raised) or ``other``.
+        #: storable, and hit-for-pass), ``error`` (the app raised) or ``other`` (nothing
+        #: stored, for no lasting reason: an error status, a 304 to the client's validators).
         self.outcome = "error"
         if request.debug:
             logger.debug(
@@ -302,21 +303,26 @@ class Forward:
             if self.swallow:
                 await self._serve_fallback(str(self.status))
             elif self.not_modified:
-                await self._serve_revalidated()
-                stored = True
+                stored = await self._serve_revalidated()
             elif self.capturing and self.complete:
                 stored = self.stored if self.stored is not None else await self._store()
-            decision = self.decision
             if stored:
                 self.outcome = "stored"
-            elif decision is not None and not decision.store:
+            elif self._not_storable():
                 self.outcome = "refused"
             else:
                 self.outcome = "other"
         finally:
             if self.fill is not None and not stored:
-                decision = self.decision
-                await self._release(refused=decision is not None and not decision.store)
+                await self._release(refused=self._not_storable())
+
+    def _not_storable(self) -> bool:
+        """Whether the response shows the URL's responses cannot be stored (hit-for-pass):
+        refused, but not as a 304 to the client's own validators or an error status."""
+        decision = self.decision
+        return decision is not None and policy.marks_hit_for_pass(
+            self.status, decision, self.request.is_conditional
+        )
 
     def _cache_status(self, stored: bool, detail: str | None) -> bytes:
         name = self.middleware.config.cache_name
@@ -488,18 +494,35 @@ class Forward:
             keep_for_revalidation=config.keep_for_revalidation,
         )
 
+    def _varying(
+        self, decision: policy.StoreDecision
+    ) -> tuple[tuple[str, ...], list[bytes | None] | None]:
+        """The request headers an entry is keyed on (the response's Vary and ``vary_on``),
+        and this request's values of them."""
+        names = tuple(sorted(set(decision.vary) | set(self.middleware.config.vary_on_names)))
+        return names, self.request.values_for(names) if names else None
+
     async def _store(self) -> bool:
         decision = self.decision
-        request = self.request
         if decision is None or not decision.store:
             return False
-        middleware = self.middleware
-        cache = middleware.cache
         body = b"".join(self.chunks)
         self.chunks = []
-        names = tuple(sorted(set(decision.vary) | set(middleware.config.vary_on_names)))
-        values = request.values_for(names) if names else None
-        entry = self._entry(decision, body, names, values)
+        names, values = self._varying(decision)
+        return await self._put(self._entry(decision, body, names, values), decision, names, values)
+
+    async def _put(
+        self,
+        entry: CachedEntry,
+        decision: policy.StoreDecision,
+        names: tuple[str, ...],
+        values: list[bytes | None] | None,
+    ) -> bool:
+        """Store an entry with its indexes, releasing this request's fill lock; return
+        whether Redis took it."""
+        request = self.request
+        middleware = self.middleware
+        cache = middleware.cache
         found = request.found
         result = await guarded(
             cache,
@@ -525,7 +548,7 @@ class Forward:
             logger.debug(
                 "stored (ttl=%d s, %d bytes%s): %s %r",
                 int(decision.ttl),
-                len(body),
+                len(entry.body),
                 f", vary={','.join(names)}" if names else "",
                 request.method,
                 request.path,
@@ -539,7 +562,6 @@ class Forward:
     async def _serve_fallback(self, why: str) -> None:
         entry = self.fallback
         assert entry is not None
-        self.middleware.cache.stats.stale += 1
         name = self.middleware.config.cache_name
         age = entry.age(time.time())
         status = f"{name}; hit; fwd=stale; fwd-status={why}; detail=stale-if-error"
@@ -547,37 +569,39 @@ class Forward:
             status = f"{name}; hit; fwd=stale; detail=stale-if-error"
         await replay(entry, age, self.request, status, self.send)
 
-    async def _serve_revalidated(self) -> None:
-        """The app said 304 to our validators: refresh the entry's headers and freshness
-        (not its body) and serve it."""
+    async def _serve_revalidated(self) -> bool:
+        """The app said 304 to our validators: store the entry again, its headers updated by
+        the 304's and its freshness recomputed, and serve it; return whether it was stored.
+
+        The refreshed entry takes the path of a fill (``cache.store``, with the stale
+        entry's body): its tag and path indexes, the Vary marker and the variant set grow
+        with its new TTL as on any store, so purges keep finding it, and the fill lock is
+        released in the same script.
+        """
         entry = self.revalidate
         assert entry is not None
-        config = self.middleware.config
-        cache = self.middleware.cache
         now = time.time()
         headers = policy.merge_not_modified(entry.headers, self.headers)
         decision = self._decide(entry.status, headers, now)
+        names, values = self._varying(decision)
+        # The tags the entry had and any the 304 names: a purge by either finds it.
+        tags = tuple(dict.fromkeys(entry.tags + self.tags))[:MAX_TAGS]
         refreshed = _stored_entry(
-            decision, entry.status, headers, entry.body, now, entry.tags, entry.request_vary
+            decision,
+            entry.status,
+            headers,
+            entry.body,
+            now,
+            tags,
+            tuple(zip(names, values or (), strict=True)),
         )
-        stored = False
-        found = self.request.found
-        if decision.store and found is not None and found.key is not None:
-            key = found.key
-            result = await guarded(
-                cache,
-                config.timeout,
-                "refresh",
-                lambda: cache.refresh(key, refreshed, ttl=decision.ttl),
-            )
-            if result is not SKIPPED:
-                stored = True
-                cache.stats.stored += 1
+        stored = decision.store and await self._put(refreshed, decision, names, values)
         self.status = 304
-        status = self._cache_status(stored, None if stored else decision.reason).decode()
+        # Not stored: the policy's reason, or Redis refused or missed the write.
+        detail = None if stored else decision.reason if not decision.store else "redis-error"
+        status = self._cache_status(stored, detail).decode()
         await replay(refreshed, refreshed.age(now), self.request, status, self.send)
-        if self.fill is not None:
-            await self._release(refused=False)
+        return stored
 
 
 def _stored_entry(

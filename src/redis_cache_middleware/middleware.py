@@ -57,6 +57,7 @@ from .forward import (
     has_validators,
     hit_status,
     replay,
+    warn,
 )
 from .keys import variant_hash
 from .stats import logger
@@ -241,12 +242,13 @@ class CacheMiddleware:
             if usable.usable:
                 if usable.stale:
                     # stale-while-revalidate: answer now, refresh behind the response.
-                    stats.stale += 1
                     self._refresh_later(scope, request, entry, default_ttl)
                     status = hit_status(config.cache_name, entry, age, "; fwd=stale")
                 else:
-                    stats.hit += 1
                     status = hit_status(config.cache_name, entry, age)
+                # Answered from the cache, fresh or within stale-while-revalidate: a hit, and
+                # its time goes to hit_seconds, so that the two describe the same answers.
+                stats.hit += 1
                 await replay(entry, age, request, status, send)
                 stats.hit_seconds += time.perf_counter() - request.started
                 if request.debug:
@@ -271,6 +273,7 @@ class CacheMiddleware:
             await send({"type": "http.response.body", "body": b""})
             return
         if fwd == "stale":
+            # Counted once here, whatever the app answers (a stale-if-error answer included).
             stats.stale += 1
         else:
             stats.miss += 1
@@ -533,7 +536,8 @@ class CacheMiddleware:
         self, scope: Scope, request: Request, entry: CachedEntry, default_ttl: float | None
     ) -> None:
         """Refresh a stale entry once across every process: only the fill lock's owner runs
-        the app; a failure leaves the stale entry in place."""
+        the app; a failure (the app raises or answers an error status) leaves the stale entry
+        in place and is logged as a warning."""
         fill = FillLock(variant=self._fill_variant(request), token=new_token())
         if await self._acquire(request, fill) != ACQUIRED:
             return
@@ -546,7 +550,18 @@ class CacheMiddleware:
             revalidate=revalidate,
             fill=fill,
         )
-        await forward.run(scope, empty_receive(), _discard)
+        failed = f"redis-cache background refresh of {request.path} failed"
+        try:
+            await forward.run(scope, empty_receive(), _discard)
+        except Exception as exc:
+            # Rate-limited: an outage fails every stale URL's refresh at once.
+            warn("background refresh", f"{failed}; the stale entry stays", exc)
+            return
+        if forward.outcome != "stored" and policy.is_error_status(forward.status):
+            warn(
+                "background refresh",
+                f"{failed} (the app answered {forward.status}); the stale entry stays",
+            )
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:

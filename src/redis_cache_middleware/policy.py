@@ -419,6 +419,27 @@ def can_serve_stale_on_error(fresh_for: float, age: float, stale_if_error: float
 ERROR_STATUSES = frozenset({500, 502, 503, 504})
 
 
+def is_error_status(status: int) -> bool:
+    """Return whether a status tells of the server's state at the moment rather than of the
+    resource: a server error (5xx), 408 Request Timeout or 429 Too Many Requests."""
+    return status >= 500 or status in (408, 429)
+
+
+def marks_hit_for_pass(status: int, decision: StoreDecision, conditional_request: bool) -> bool:
+    """Return whether a response shows that the URL's responses cannot be stored, so that
+    requests for it skip coalescing for a while (hit-for-pass).
+
+    Only a refused response does, and not every one: a 304 answering the client's own
+    validators says nothing of whether the full response is storable, and an error status
+    (``is_error_status``) says nothing of the next answer.
+    """
+    if decision.store:
+        return False
+    if status == 304 and conditional_request:
+        return False
+    return not is_error_status(status)
+
+
 def get_validators(headers: RawHeaders) -> tuple[bytes | None, bytes | None]:
     """Return the ``ETag`` and ``Last-Modified`` of a stored response (None where absent)."""
     etag = last_modified = None
@@ -435,18 +456,58 @@ def _opaque(tag: bytes) -> bytes:
     return tag[2:] if tag.startswith((b"W/", b"w/")) else tag
 
 
+_DQUOTE = 0x22
+_LIST_SPACE = b" \t,"
+
+
+def parse_entity_tags(values: Iterable[bytes]) -> tuple[bool, list[bytes]]:
+    """Return whether an ``If-None-Match`` (or ``If-Match``) field holds ``*``, and its
+    entity-tags, each as its opaque-tag (quotes kept, the ``W/`` prefix dropped).
+
+    An entity-tag is ``[W/] "..."`` (RFC 9110 8.8.3) and may hold a comma, so the list is
+    read quote by quote, not split on commas. Forgiving, never raising: an unquoted token
+    (some servers send unquoted ETags) is kept as it stands, up to the next comma; junk
+    after a closing quote is skipped up to the next comma; an unterminated quote ends the
+    field line.
+    """
+    star = False
+    tags: list[bytes] = []
+    for value in values:
+        i, n = 0, len(value)
+        while i < n:
+            if value[i] in _LIST_SPACE:
+                i += 1
+                continue
+            start = i
+            if value.startswith((b"W/", b"w/"), i) and i + 2 < n and value[i + 2] == _DQUOTE:
+                start = i + 2
+            if value[start] == _DQUOTE:
+                end = value.find(b'"', start + 1)
+                if end < 0:
+                    break  # unterminated: the rest of the line is not a tag
+                tags.append(value[start : end + 1])
+                comma = value.find(b",", end + 1)
+                i = n if comma < 0 else comma
+                continue
+            comma = value.find(b",", i)
+            end = n if comma < 0 else comma
+            token = value[i:end].strip()
+            if token == b"*":
+                star = True
+            elif _opaque(token):
+                tags.append(_opaque(token))
+            i = end
+    return star, tags
+
+
 def has_matching_etag(if_none_match: Iterable[bytes], etag: bytes | None) -> bool:
-    """Return whether ``If-None-Match`` matches the ETag by weak comparison (RFC 9110 8.8.3.2)."""
-    if etag is None:
-        # "*" matches any current representation, with or without an ETag.
-        return any(c.strip() == b"*" for v in if_none_match for c in v.split(b","))
-    ours = _opaque(etag)
-    for value in if_none_match:
-        for candidate in value.split(b","):
-            candidate = candidate.strip()
-            if candidate == b"*" or (candidate and _opaque(candidate) == ours):
-                return True
-    return False
+    """Return whether ``If-None-Match`` matches the ETag by weak comparison (RFC 9110 8.8.3.2):
+    the opaque-tags are equal, whether either is weak or not; ``*`` matches any stored
+    response, with or without an ETag (RFC 9110 13.1.2)."""
+    star, tags = parse_entity_tags(if_none_match)
+    if star:
+        return True
+    return etag is not None and _opaque(etag) in tags
 
 
 def is_not_modified(

@@ -30,16 +30,19 @@ or with a route of your own::
 Metrics (every sample labelled with the cache's ``namespace``):
 
 =========================================  ===================================================
-``redis_cache_hits_total``                 answered from the cache
+``redis_cache_hits_total``                 answered from the cache (fresh, or stale within
+                                           stale-while-revalidate)
 ``redis_cache_misses_total``               nothing usable stored: sent to the app
-``redis_cache_stale_total``                stored but too old: sent to the app
+``redis_cache_stale_total``                stored but too old: sent to the app (a
+                                           stale-if-error answer counts here, once)
 ``redis_cache_bypass_total``               lookup skipped (bypass header, request no-cache)
 ``redis_cache_stored_total``               responses stored
 ``redis_cache_not_stored_total{reason}``   responses not stored, by reason (``no-store``, ...)
 ``redis_cache_purged_total``               entries removed by purges (and invalidations)
 ``redis_cache_invalidated_total``          entries removed after a successful POST, PUT, ...
 ``redis_cache_redis_errors_total``         Redis errors and timeouts (the cache failed open)
-``redis_cache_hit_latency_seconds``        summary: ``_count`` hits, ``_sum`` seconds on them
+``redis_cache_hit_latency_seconds``        summary: ``_count`` hits (as ``hits_total``),
+                                           ``_sum`` seconds spent answering them
 =========================================  ===================================================
 """
 
@@ -67,9 +70,18 @@ PREFIX = "redis_cache"
 
 #: ``(metric name without _total, snapshot key, help)`` of each plain counter.
 COUNTERS: tuple[tuple[str, str, str], ...] = (
-    ("hits", "hit", "Requests answered from the cache."),
+    (
+        "hits",
+        "hit",
+        "Requests answered from the cache: fresh, or stale within stale-while-revalidate.",
+    ),
     ("misses", "miss", "Requests with nothing usable stored, sent to the app."),
-    ("stale", "stale", "Requests whose stored entry was too old, sent to the app."),
+    (
+        "stale",
+        "stale",
+        "Requests whose stored entry was too old to answer, sent to the app "
+        "(stale-if-error answers included).",
+    ),
     ("bypass", "bypass", "Requests that skipped the lookup (bypass header, no-cache)."),
     ("stored", "stored", "Responses stored."),
     ("collapsed", "collapsed", "Misses answered by another request's fill (coalescing)."),
@@ -125,7 +137,8 @@ class CacheCollector(Collector):
         yield not_stored
         latency = SummaryMetricFamily(
             f"{PREFIX}_hit_latency_seconds",
-            "Time spent answering hits, from the lookup to the last byte handed on.",
+            "Time spent answering hits (fresh and stale-while-revalidate), from the lookup "
+            "to the last byte handed on.",
             labels=["namespace"],
         )
         for namespace, snapshot in snapshots.items():

@@ -15,11 +15,21 @@ WARN_INTERVAL = 10.0
 
 @dataclass
 class CacheStats:
-    """Counters of one process; ``snapshot()`` returns them as a plain dict."""
+    """Counters of one process; ``snapshot()`` returns them as a plain dict.
 
+    No request counts twice among ``hit``, ``miss``, ``stale`` and ``bypass``.
+    """
+
+    #: Answered from the cache: fresh, or stale within stale-while-revalidate (refreshed
+    #: in the background).
     hit: int = 0
+    #: Nothing usable stored: sent to the app, or answered by another request's fill
+    #: (also counted in ``collapsed``).
     miss: int = 0
+    #: The stored entry was too old to answer: sent to the app, to be revalidated or
+    #: replaced, or to stand in for the app's error (stale-if-error).
     stale: int = 0
+    #: The lookup was skipped (bypass header, request no-cache / no-store).
     bypass: int = 0
     stored: int = 0
     not_stored: Counter[str] = field(default_factory=Counter)
@@ -32,7 +42,8 @@ class CacheStats:
     #: Misses answered by another request's fill (request coalescing).
     collapsed: int = 0
     invalidated: int = 0
-    #: Seconds spent answering hits (lookup to last byte handed to the server), and how many.
+    #: Seconds spent answering the ``hit`` requests (lookup to last byte handed to the
+    #: server): ``hit`` is their count.
     hit_seconds: float = 0.0
 
     def snapshot(self) -> dict[str, object]:
@@ -76,4 +87,5 @@ class RateLimitedWarning:
         held = self._held.pop(kind, 0)
         self._last[kind] = now
         suffix = f" ({held} more since the last warning)" if held else ""
-        logger.warning("%s: %s%s", message, f"{type(exc).__name__}: {exc}" if exc else "", suffix)
+        detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+        logger.warning("%s%s%s", message, detail, suffix)
