@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from redis_cache_middleware import CacheMiddleware, ConfigError, RedisCache
+from redis_cache_middleware import CacheMiddleware, ConfigError, RedisCache, keys
 from redis_cache_middleware._types import Message
 
 from .cluster_fixtures import unavailable
@@ -462,11 +462,28 @@ async def test_key_length_is_bounded_whatever_the_url(cache: RedisCache, redis_c
     assert found
     # Namespace, generation, a 32-hex hash in braces and a short suffix: < 120 bytes.
     assert max(len(k) for k in found) < len(cache.namespace) + 100
-    # The path index holds at most 1 KiB of a path (plus NUL and the URL hash).
+    # No index member holds the 2000-byte host: a host that long is not indexed at all.
     for key in found:
-        if await redis_client.type(key) == b"zset" and key.endswith(b"}"):
+        if await redis_client.type(key) == b"zset":
             members = await redis_client.zrange(key, 0, -1)
-            assert members and all(len(m) <= 1024 + 1 + 32 for m in members)
+            assert all(b"h" * 300 not in m for m in members)
+    hosts = await redis_client.zrange(keys.hosts_key(cache.namespace, cache.generation), 0, -1)
+    assert hosts == []
+
+
+async def test_path_index_holds_a_bounded_prefix_of_a_long_path(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    origin = Origin(render=lambda r: "long")
+    path = "/long/" + "p" * 16_000
+    async with client_for(cache, origin) as client:
+        first = await client.get(path)
+    assert status_of(first).endswith("; stored")
+    lex, _ = keys.prefix_keys(cache.namespace, cache.generation, SITE.encode())
+    members = await redis_client.zrange(lex, 0, -1)
+    # At most 1 KiB of the path, NUL and the URL hash; and the prefix purge still finds it.
+    assert len(members) == 1 and len(members[0]) == 1024 + 1 + 32
+    assert await cache.purge_prefix("/long") == 1
 
 
 async def test_body_over_max_body_size_is_not_stored(cache: RedisCache) -> None:

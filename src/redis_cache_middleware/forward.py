@@ -21,7 +21,7 @@ from ._types import Message, RawHeaders, Receive, Scope, Send
 from .cache import FillLock, Lookup, PurgeEvent, RedisCache
 from .config import MAX_TAG_LENGTH, MAX_TAGS
 from .entry import CachedEntry
-from .keys import normalise_host
+from .keys import MAX_INDEXED_HOST, normalise_host
 from .stats import RateLimitedWarning, logger
 
 if sys.version_info >= (3, 11):
@@ -524,6 +524,9 @@ class Forward:
         middleware = self.middleware
         cache = middleware.cache
         found = request.found
+        host: bytes | None = request.host_key
+        if len(request.host) > MAX_INDEXED_HOST:
+            host = None  # no real host is this long: keep it out of the index of hosts
         result = await guarded(
             cache,
             middleware.config.timeout,
@@ -536,7 +539,7 @@ class Forward:
                 values=values,
                 generation=found.generation if found is not None else None,
                 found_names=found.names if found is not None else None,
-                host=request.host_key,
+                host=host,
                 path=request.path,
                 fill=self.fill,
             ),

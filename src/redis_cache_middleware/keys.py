@@ -155,6 +155,9 @@ def hosts_key(namespace: str, generation: int) -> str:
 
 #: Paths longer than this are indexed by their first this-many bytes for prefix purges.
 MAX_INDEXED_PATH = 1024
+#: Hosts longer than this (a DNS name has at most 253 bytes, then a port) are not indexed
+#: for prefix purges: the set of hosts holds hosts as they are, and none is that long.
+MAX_INDEXED_HOST = 262
 
 
 def path_member(path: str, uhash: str) -> bytes:
