@@ -312,7 +312,7 @@ class CacheMiddleware:
                     request.values_for,
                     guess,
                     fill=fill,
-                    fill_ttl=self.config.coalesce_timeout,
+                    fill_ttl=self.config.fill_lock_ttl,
                 ),
             )
             found = None if isinstance(result, Skipped) else result
@@ -470,9 +470,21 @@ class CacheMiddleware:
             cache,
             self.config.timeout,
             "fill lock",
-            lambda: cache.acquire_fill(
-                request.uhash, fill, self.config.coalesce_timeout, generation
-            ),
+            lambda: cache.acquire_fill(request.uhash, fill, self.config.fill_lock_ttl, generation),
+        )
+        return None if isinstance(result, Skipped) else result
+
+    async def _renew_lock(self, request: Request, fill: FillLock) -> bool | None:
+        """Give a fill lock this request holds its full TTL again (``LockRenewal``): True;
+        False when it is no longer ours; None when Redis did not answer in time."""
+        found = request.found
+        cache = self.cache
+        generation = found.generation if found is not None else cache.generation
+        result = await guarded(
+            cache,
+            self.config.timeout,
+            "lock renewal",
+            lambda: cache.renew_fill(request.uhash, fill, self.config.fill_lock_ttl, generation),
         )
         return None if isinstance(result, Skipped) else result
 
