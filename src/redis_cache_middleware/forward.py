@@ -221,7 +221,7 @@ class Forward:
     ``fallback`` is a stale entry that may stand in for an error (stale-if-error);
     ``revalidate`` a stale entry whose validators are sent to the app, so that a 304 refreshes
     it without its body; ``fill`` the fill lock this request owns, kept alive while the app
-    runs (``LockRenewal``) and released at the end.
+    runs (``LockRenewal``) and released (or deleted by the store) at the end.
     """
 
     def __init__(
@@ -274,11 +274,9 @@ class Forward:
         if self.revalidate is not None:
             scope = _with_validators(scope, self.revalidate)
         stored = False
-        fill = self.fill
-        renewal = None if fill is None else LockRenewal(self.middleware, self.request, fill)
         try:
             try:
-                await self.middleware.app(scope, receive, self.send_wrapper)
+                await self._call_app(scope, receive)
             except Exception:
                 if self.fallback is None or self.started_client:
                     raise
@@ -299,11 +297,21 @@ class Forward:
             else:
                 self.outcome = "other"
         finally:
-            if renewal is not None:
-                renewal.stop()
             if self.fill is not None and not stored:
                 decision = self.decision
                 await self._release(refused=decision is not None and not decision.store)
+
+    async def _call_app(self, scope: Scope, receive: Receive) -> None:
+        """Run the app; while it runs (and only then), keep this forward's fill lock alive."""
+        fill = self.fill
+        if fill is None:
+            await self.middleware.app(scope, receive, self.send_wrapper)
+            return
+        renewal = LockRenewal(self.middleware, self.request, fill)
+        try:
+            await self.middleware.app(scope, receive, self.send_wrapper)
+        finally:
+            renewal.stop()
 
     def _cache_status(self, stored: bool, detail: str | None) -> bytes:
         name = self.middleware.config.cache_name
@@ -537,7 +545,7 @@ class Forward:
 
 
 class LockRenewal:
-    """Keep the fill lock a forward owns alive for as long as the forward runs.
+    """Keep the fill lock a forward owns alive for as long as its app call runs.
 
     The lock lives ``fill_lock_ttl`` seconds, well under ``coalesce_timeout``, so that the
     lock of an owner that died frees up long before its waiters give up. A live owner whose
@@ -547,11 +555,13 @@ class LockRenewal:
     Nothing runs in between: a timer waits, and only when it fires does a task send the
     renewal, so a fill quicker than half the TTL (most are) costs one timer and no Redis
     call. Each renewal is bounded by ``timeout`` and fails open (a failed one is tried again
-    at the next tick: the lock may still be ours). The renewals end when ``stop`` is called
-    (the forward ended: stored, released, raised, cancelled, or its client went away and
-    the app stopped) or when the lock is found not to be ours any more. A renewal already
-    sent when ``stop`` is called is let finish: it only ever extends our own token, so it
-    cannot keep a lock someone else holds, and a lock that was stored or released is gone.
+    at the next tick: the lock may still be ours). The renewals end when ``stop`` is called,
+    as the app call ends (it answered, raised, or was cancelled; a client that went away
+    ends it when the app stops on ``http.disconnect`` or on its ``send`` raising); the store
+    or release that follows is bounded by ``timeout``, under the half TTL the lock has left.
+    They also end when the lock is found not to be ours any more. A renewal already sent
+    when ``stop`` is called is let finish: it only ever extends our own token, so it cannot
+    keep a lock someone else holds, and a lock that was stored or released is gone.
     """
 
     __slots__ = ("_fill", "_handle", "_interval", "_loop", "_middleware", "_request", "_task")
