@@ -25,7 +25,7 @@ DEFAULT_HIT_FOR_PASS_TTL = 10.0
 DEFAULT_MAX_BACKGROUND_REFRESHES = 32
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 #: The fill lock lives a quarter of ``coalesce_timeout``, never less than this many seconds
-#: (nor than two ``timeout``s), never more than half of ``coalesce_timeout``.
+#: (nor than three ``timeout``s), never more than half of ``coalesce_timeout``.
 MIN_FILL_LOCK_TTL = 0.25
 #: At most this many tags are kept per response, each at most MAX_TAG_LENGTH characters.
 MAX_TAGS = 64
@@ -81,10 +81,11 @@ def lock_ttl_for(coalesce_timeout: float, timeout: float) -> float:
     Waiters wait up to ``coalesce_timeout``; the lock must expire well before that, so that
     when its owner dies they take over and are served by one new fill instead of all going
     to the app at their deadline. A quarter of ``coalesce_timeout``, but at least
-    ``MIN_FILL_LOCK_TTL`` and two ``timeout``s (the owner renews it every half TTL, and each
-    renewal may take ``timeout`` to land), and at most half of ``coalesce_timeout``.
+    ``MIN_FILL_LOCK_TTL`` and three ``timeout``s (the owner renews it every third of the TTL
+    and each renewal may take ``timeout``: one that fails still leaves another in time), and
+    at most half of ``coalesce_timeout``.
     """
-    floor = max(MIN_FILL_LOCK_TTL, 2 * timeout)
+    floor = max(MIN_FILL_LOCK_TTL, 3 * timeout)
     return min(coalesce_timeout / 2, max(coalesce_timeout / 4, floor))
 
 

@@ -544,21 +544,27 @@ class Forward:
             await self._release(refused=False)
 
 
+#: A fill lock's owner renews it this many times per TTL (``LockRenewal``).
+RENEWALS_PER_TTL = 3
+
+
 class LockRenewal:
     """Keep the fill lock a forward owns alive for as long as its app call runs.
 
     The lock lives ``fill_lock_ttl`` seconds, well under ``coalesce_timeout``, so that the
     lock of an owner that died frees up long before its waiters give up. A live owner whose
-    app is slower than that renews it every half TTL with a compare-token ``PEXPIRE``
-    (``RedisCache.renew_fill``), so that no waiter takes it over and calls the app again.
+    app is slower than that renews it every third of the TTL with a compare-token
+    ``PEXPIRE`` (``RedisCache.renew_fill``), so that no waiter takes it over and calls the
+    app again; a renewal that fails still leaves another before the lock would expire.
 
     Nothing runs in between: a timer waits, and only when it fires does a task send the
-    renewal, so a fill quicker than half the TTL (most are) costs one timer and no Redis
-    call. Each renewal is bounded by ``timeout`` and fails open (a failed one is tried again
-    at the next tick: the lock may still be ours). The renewals end when ``stop`` is called,
+    renewal, so a fill quicker than a third of the TTL (most are) costs one timer and no
+    Redis call. Each renewal is bounded by ``timeout`` and fails open (a failed one is tried
+    again at the next tick: the lock may still be ours). The renewals end when ``stop`` is called,
     as the app call ends (it answered, raised, or was cancelled; a client that went away
     ends it when the app stops on ``http.disconnect`` or on its ``send`` raising); the store
-    or release that follows is bounded by ``timeout``, under the half TTL the lock has left.
+    or release that follows is bounded by ``timeout``, under the two thirds of its TTL the
+    lock has left.
     They also end when the lock is found not to be ours any more. A renewal already sent
     when ``stop`` is called is let finish: it only ever extends our own token, so it cannot
     keep a lock someone else holds, and a lock that was stored or released is gone.
@@ -570,7 +576,7 @@ class LockRenewal:
         self._middleware = middleware
         self._request = request
         self._fill = fill
-        self._interval = middleware.config.fill_lock_ttl / 2
+        self._interval = middleware.config.fill_lock_ttl / RENEWALS_PER_TTL
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[None] | None = None
         self._handle: asyncio.TimerHandle | None = self._loop.call_later(self._interval, self._fire)
