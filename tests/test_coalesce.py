@@ -406,6 +406,49 @@ async def test_failing_renewals_fail_open(
     assert cache.stats.redis_error >= 2
 
 
+async def test_waiter_taking_a_lock_freed_by_the_store_serves_that_entry(
+    cache: RedisCache, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner stores (which deletes its lock) between a waiter's look for the entry and
+    its next try at the lock: the waiter gets the free lock, looks again before calling the
+    app, serves the entry and gives the lock back. One app call."""
+    origin = SlowOrigin(0.3)
+    stored = asyncio.Event()
+    store = cache.store
+
+    async def store_and_tell(*args: Any, **kwargs: Any) -> None:
+        await store(*args, **kwargs)
+        stored.set()
+
+    monkeypatch.setattr(cache, "store", store_and_tell)
+    other = RedisCache(redis_client, namespace=cache.namespace)  # another process's cache
+    acquire = other.acquire_fill
+    tries = 0
+
+    async def acquire_once_stored(*args: Any) -> int:
+        nonlocal tries
+        tries += 1
+        if tries > 1:  # a look has missed since the first try: let the owner store now
+            await stored.wait()
+        return await acquire(*args)
+
+    monkeypatch.setattr(other, "acquire_fill", acquire_once_stored)
+    async with (
+        deadline(10),
+        make_client(cache, origin, default_ttl=60) as owning,
+        make_client(other, origin, default_ttl=60, timeout=WAITER_TIMEOUT) as waiting,
+    ):
+        first = asyncio.ensure_future(owning.get("/race"))
+        await asyncio.sleep(0.05)
+        second = await waiting.get("/race")
+        response = await first
+    assert tries == 2
+    assert origin.calls["/race"] == 1
+    assert "stored" in response.headers["cache-status"]
+    assert "collapsed" in second.headers["cache-status"]
+    assert await redis_client.exists(lock_of(cache, "/race")) == 0
+
+
 async def test_waiters_give_up_after_coalesce_timeout(cache: RedisCache) -> None:
     uhash = cache.url_hash("http", b"testserver", "/stuck", b"")
     await cache.acquire_fill(uhash, FillLock("", "slow-owner"), 60, 0)

@@ -438,12 +438,18 @@ class CacheMiddleware:
                 await self._release_lock(request, pre[0])
             fill = FillLock(variant=variant, token=new_token())
         delay = POLL_FIRST
+        waited = False
         while True:
             state: int | None
             if first is not None:
                 state, first = first, None
             else:
                 state = await self._acquire(request, fill)
+            if state == ACQUIRED and waited and await self._serve_filled(request, send, fwd):
+                # The lock came free because its owner stored (the store deletes the lock),
+                # after our last look: serve that entry, not a second app call.
+                await self._release_lock(request, fill)
+                return "stored"
             if state is None or state in (ACQUIRED, PASS):
                 # The filler; or Redis failed, or the URL is known not to be storable
                 # (hit-for-pass): no queueing either way.
@@ -459,6 +465,7 @@ class CacheMiddleware:
                 return "timeout"
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, POLL_CAP)
+            waited = True
             if await self._serve_filled(request, send, fwd):
                 return "stored"
 
