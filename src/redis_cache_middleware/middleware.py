@@ -14,10 +14,12 @@ sends the request to the app as if there were no cache: the cache never causes a
 
 Concurrent misses for one URL are coalesced: in one process they wait on one future, across
 processes on a fill lock in Redis (``SET NX PX`` with a random token, released by its owner
-only). Waiters poll for the entry with backoff, take the lock over if its owner vanished, and
-give up and go to the app after ``coalesce_timeout``: never a deadlock, never an unbounded
-wait. A URL whose response was not storable is remembered for ``hit_for_pass_ttl`` so that
-later requests are not serialised behind a lock (Varnish's hit-for-pass).
+only). The lock lives a fraction of ``coalesce_timeout`` and its owner renews it while the
+app runs, so waiters poll for the entry with backoff, take the lock over soon after its
+owner vanished, and give up and go to the app after ``coalesce_timeout``: never a deadlock,
+never an unbounded wait. A URL whose response was not storable is remembered for
+``hit_for_pass_ttl`` so that later requests are not serialised behind a lock (Varnish's
+hit-for-pass).
 """
 
 from __future__ import annotations
