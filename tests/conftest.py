@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -159,10 +160,17 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def fake_server() -> fakeredis.FakeServer:
+    """The data of the ``fakeredis`` backend, one per test (what ``FakeAsyncRedis()`` would
+    make, named so that ``backend_url`` can serve it to other processes)."""
+    return fakeredis.FakeServer(version=(7,))
+
+
+@pytest.fixture
 async def redis_client(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     """A fresh async client on the backend under test (closed afterwards)."""
     if backend == "fakeredis":
-        client: Any = fakeredis.FakeAsyncRedis()
+        client: Any = fakeredis.FakeAsyncRedis(server=request.getfixturevalue("fake_server"))
     elif backend == "cluster":
         cluster: LocalCluster = request.getfixturevalue("redis_cluster")
         client = redis.asyncio.RedisCluster(
@@ -179,6 +187,30 @@ async def redis_client(backend: str, request: pytest.FixtureRequest) -> AsyncIte
         client = redis.asyncio.Redis.from_url(server.url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def backend_url(backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A URL for ``RedisCache.from_url`` in another process, reaching the same data as
+    ``redis_client``: the real Redis, the cluster, or for ``fakeredis`` this test's
+    ``fake_server`` served over TCP (fakeredis's ``TcpFakeServer``, in a thread)."""
+    if backend == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        yield server.url
+    elif backend == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        yield cluster.url
+    else:
+        tcp = fakeredis.TcpFakeServer(("127.0.0.1", 0))
+        tcp.fake_server = request.getfixturevalue("fake_server")
+        thread = threading.Thread(target=tcp.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"redis://127.0.0.1:{tcp.server_address[1]}/0"
+        finally:
+            tcp.shutdown()
+            tcp.server_close()
+            thread.join(timeout=5)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,18 @@ import pytest
 import redis
 from starlette.responses import Response
 
-from redis_cache_middleware import RedisCache, keys
+from redis_cache_middleware import CacheMiddleware, RedisCache, keys
 from redis_cache_middleware.cache import FillLock
+from redis_cache_middleware.config import CacheConfig
+from redis_cache_middleware.middleware import POLL_CAP
 
 from .conftest import RedisServer, free_port
 from .helpers import Origin, Spec, make_client
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as deadline
+else:  # pragma: no cover - Python 3.10
+    from async_timeout import timeout as deadline
 
 pytestmark = pytest.mark.anyio
 
@@ -162,21 +170,347 @@ async def test_error_status_does_not_mark_hit_for_pass(
     assert "stored" in recovered.headers["cache-status"]
 
 
+class TimedOrigin(SlowOrigin):
+    """A slow origin that also notes when (monotonic) it was first called."""
+
+    def __init__(self, delay: float, **kwargs: Any) -> None:
+        super().__init__(delay, **kwargs)
+        self.first_call: float | None = None
+
+    async def respond(self, request: Any) -> Any:
+        if self.first_call is None:
+            self.first_call = time.monotonic()
+        return await super().respond(request)
+
+
+#: Options of the middlewares standing for other processes' waiters. A second for Redis (not
+#: 100 ms), as in the 200-request test: connections opening at once on a loaded machine must
+#: not turn the lookups these tests count into fail-open misses. (Only the owner's options
+#: make the lock TTL under test; waiters that time out would go to the app, as they should.)
+WAITER_TIMEOUT = 1.0
+
+
+async def waiter_clients(
+    stack: AsyncExitStack, cache: RedisCache, origin: Any, count: int, **options: Any
+) -> list[httpx.AsyncClient]:
+    return [
+        await stack.enter_async_context(
+            make_client(cache, origin, default_ttl=60, timeout=WAITER_TIMEOUT, **options)
+        )
+        for _ in range(count)
+    ]
+
+
+def base_of(cache: RedisCache, path: str) -> str:
+    return keys.url_key(cache.namespace, 0, cache.url_hash("http", b"testserver", path, b""))
+
+
+def lock_of(cache: RedisCache, path: str) -> str:
+    return keys.lock_key(base_of(cache, path))
+
+
 async def test_dead_lock_owner_taken_over_within_lock_ttl(
-    cache: RedisCache, redis_client: Any
+    cache: RedisCache, redis_client: Any, backend_url: str, namespace: str
 ) -> None:
-    # A process that took the fill lock and died leaves exactly this: a lock with a TTL.
-    uhash = cache.url_hash("http", b"testserver", "/orphan", b"")
-    await cache.acquire_fill(uhash, FillLock("", "dead-owner"), 0.5, 0)
-    origin = Origin()
-    async with make_client(cache, origin, default_ttl=60, coalesce_timeout=3.0) as client:
+    """A worker that took the fill lock through the middleware is killed (SIGKILL) mid-fill:
+    its lock, with the middleware's own TTL, is neither released nor renewed. Requests that
+    arrive just after, on four middlewares, are served by one new fill, soon after the lock
+    expires; none goes to the app at its coalesce_timeout."""
+    coalesce_timeout = 3.0
+    ttl = CacheConfig(coalesce_timeout=coalesce_timeout).fill_lock_ttl
+    assert ttl <= coalesce_timeout / 4
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.fill_owner",
+        backend_url,
+        namespace,
+        str(coalesce_timeout),
+        "/orphan",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert owner.stdout is not None
+        line = await asyncio.wait_for(owner.stdout.readline(), 60)
+    finally:
+        owner.kill()
+        await owner.wait()
+    killed = time.monotonic()
+    assert line == b"filling\n"
+    lock = lock_of(cache, "/orphan")
+    token, pttl = await redis_client.get(lock), await redis_client.pttl(lock)
+    assert token is not None and int(token.split(b".")[1], 16) == owner.pid
+    assert 0 < pttl <= ttl * 1000
+    origin = TimedOrigin(0.2)
+    await asyncio.sleep(0.05)
+    async with AsyncExitStack() as stack, deadline(coalesce_timeout + 10):
+        clients = await waiter_clients(stack, cache, origin, 4, coalesce_timeout=coalesce_timeout)
+        responses = await asyncio.gather(*(c.get("/orphan") for c in clients for _ in range(10)))
+    assert {r.status_code for r in responses} == {200}
+    assert origin.calls["/orphan"] <= 2, origin.calls
+    statuses = [r.headers["cache-status"] for r in responses]
+    assert sum("collapsed" in s for s in statuses) >= len(responses) - 2, statuses
+    # Taken over once the dead lock expired (at most its TTL after the kill) plus a poll or
+    # two; well before the waiters' coalesce_timeout. Generous for a loaded machine.
+    assert origin.first_call is not None
+    assert origin.first_call - killed < ttl + POLL_CAP + 1.0
+    assert await redis_client.exists(lock) == 0
+
+
+@pytest.mark.parametrize(
+    ("delay", "coalesce_timeout", "waves"),
+    [
+        # Slower than the lock's TTL: only its renewals keep it past the first TTL.
+        pytest.param(1.8, 3.0, (0.1, 1.0), id="slower-than-lock-ttl"),
+        # Even slower than coalesce_timeout: waiters that came late enough to still be
+        # waiting when it answers are served by it; none takes the lock over.
+        pytest.param(2.4, 2.0, (1.0,), id="slower-than-coalesce-timeout"),
+    ],
+)
+async def test_live_slow_owner_keeps_its_lock(
+    cache: RedisCache,
+    redis_client: Any,
+    delay: float,
+    coalesce_timeout: float,
+    waves: tuple[float, ...],
+) -> None:
+    """The owner of a fill lock whose app call is still running renews the lock: requests on
+    four other middlewares (other processes) that come while it runs, also after the lock's
+    TTL has passed, wait for its entry; the app is called once in all."""
+    ttl = CacheConfig(coalesce_timeout=coalesce_timeout).fill_lock_ttl
+    assert delay > 2 * ttl and max(waves) > ttl
+    origin = SlowOrigin(delay)
+    lock = lock_of(cache, "/slow")
+    async with AsyncExitStack() as stack, deadline(delay + coalesce_timeout + 10):
+        owning = await stack.enter_async_context(
+            make_client(cache, origin, default_ttl=60, coalesce_timeout=coalesce_timeout)
+        )
+        clients = await waiter_clients(stack, cache, origin, 4, coalesce_timeout=coalesce_timeout)
         started = time.monotonic()
-        response = await client.get("/orphan")
-        elapsed = time.monotonic() - started
+        first = asyncio.ensure_future(owning.get("/slow"))
+        waiting = []
+        for at in waves:
+            await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+            waiting += [asyncio.ensure_future(c.get("/slow")) for c in clients for _ in range(5)]
+        assert time.monotonic() - started > ttl
+        assert await redis_client.pttl(lock) > 0  # past its first TTL: renewed
+        owner, *others = await asyncio.gather(first, *waiting)
+    assert origin.calls["/slow"] == 1
+    assert "stored" in owner.headers["cache-status"]
+    assert all("collapsed" in r.headers["cache-status"] for r in others)
+    assert {r.content for r in others} == {owner.content}
+    assert await redis_client.exists(lock) == 0
+
+
+async def test_background_refresh_keeps_its_lock(cache: RedisCache) -> None:
+    """A stale-while-revalidate refresh slower than the lock's TTL renews the lock too: stale
+    hits on other middlewares after that TTL start no second refresh."""
+    from .test_stale import Versioned, client_for, wait_for_refreshes
+
+    coalesce_timeout = 3.0
+    ttl = CacheConfig(coalesce_timeout=coalesce_timeout).fill_lock_ttl
+    origin = Versioned("max-age=1, stale-while-revalidate=30")
+    async with AsyncExitStack() as stack, deadline(30):
+        owning = await stack.enter_async_context(
+            client_for(cache, origin, coalesce_timeout=coalesce_timeout)
+        )
+        clients = [
+            await stack.enter_async_context(
+                client_for(cache, origin, coalesce_timeout=coalesce_timeout, timeout=WAITER_TIMEOUT)
+            )
+            for _ in range(4)
+        ]
+        await owning.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.version, origin.delay = 2, 2.4 * ttl
+        assert (await owning.get("/doc")).headers["cache-status"].endswith("fwd=stale")
+        await asyncio.sleep(1.3 * ttl)  # past the TTL the refresh's lock was taken with
+        stale = await asyncio.gather(*(c.get("/doc") for c in clients for _ in range(3)))
+        for client in [owning, *clients]:
+            await wait_for_refreshes(client)
+        fresh = await clients[3].get("/doc")
+    assert {r.content for r in stale} == {b"document v1"}
+    assert origin.calls == 2  # the first fill and one refresh
+    assert fresh.content == b"document v2"
+
+
+def _request(path: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+    }
+
+
+class Renewals:
+    """Wraps a cache's ``renew_fill`` to note each renewal sent, and its answer."""
+
+    def __init__(self, cache: RedisCache, fail: bool = False) -> None:
+        #: One item per renewal sent: its answer, None until it comes (or if it failed).
+        self.calls: list[bool | None] = []
+        self.fail = fail
+        self.first = asyncio.Event()
+        self._renew = cache.renew_fill
+
+    async def __call__(self, *args: Any) -> bool:
+        self.first.set()
+        index = len(self.calls)
+        self.calls.append(None)
+        if self.fail:
+            raise redis.ConnectionError("renewal lost")
+        kept = await self._renew(*args)
+        self.calls[index] = kept
+        return kept
+
+
+@pytest.mark.parametrize("ending", ["response", "error", "disconnect"])
+async def test_renewals_stop_when_the_fill_ends(
+    cache: RedisCache, redis_client: Any, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """The owner renews while its app runs and stops when the forward ends: the response is
+    complete, the app raised, or the client went away and the app stopped."""
+    renewals = Renewals(cache)
+    monkeypatch.setattr(cache, "renew_fill", renewals)
+    middleware_options: dict[str, Any] = {"default_ttl": 60, "coalesce_timeout": 1.0}
+    ttl = CacheConfig(**middleware_options).fill_lock_ttl
+    run_for = 3 * ttl
+    gone = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"cache-control", b"max-age=60")]
+        if ending == "disconnect":
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"part", "more_body": True})
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
+        await asyncio.sleep(run_for)
+        if ending == "error":
+            raise RuntimeError("app failed")
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"whole"})
+
+    async def receive() -> dict[str, Any]:
+        if not gone.is_set():
+            gone.set()
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(run_for)
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    middleware = CacheMiddleware(app, cache=cache, **middleware_options)
+    async with deadline(10):
+        if ending == "error":
+            with pytest.raises(RuntimeError, match="app failed"):
+                await middleware(_request("/r"), receive, send)
+        else:
+            await middleware(_request("/r"), receive, send)
+        during = len(renewals.calls)
+        await asyncio.sleep(3 * ttl)  # six renewal periods
+    # The last one may have crossed the store or release (then it found no lock of ours).
+    assert during >= 2 and all(renewals.calls[:-1]), renewals.calls
+    assert len(renewals.calls) == during  # none sent since
+    assert await redis_client.exists(lock_of(cache, "/r")) == 0
+    assert await redis_client.exists(base_of(cache, "/r")) == (ending == "response")
+
+
+async def test_renewal_never_extends_a_lock_taken_over(
+    cache: RedisCache, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the owner's lock expire anyway (say its loop stalled) and another take it over,
+    the owner's next renewal finds another token, changes nothing, and is its last."""
+    renewals = Renewals(cache)
+    monkeypatch.setattr(cache, "renew_fill", renewals)
+    ttl = CacheConfig(coalesce_timeout=1.0).fill_lock_ttl
+    origin = SlowOrigin(4 * ttl)
+    lock = lock_of(cache, "/taken")
+    async with deadline(10), make_client(cache, origin, default_ttl=60, coalesce_timeout=1.0) as c:
+        request = asyncio.ensure_future(c.get("/taken"))
+        await renewals.first.wait()
+        await redis_client.set(lock, b"someone-else", px=60_000)
+        response = await request
+    assert response.status_code == 200
+    answers = renewals.calls
+    assert answers[-1] is False and answers.count(False) == 1, answers
+    assert await redis_client.get(lock) == b"someone-else"  # not extended, not deleted
+    assert await redis_client.pttl(lock) > 50_000
+
+
+async def test_failing_renewals_fail_open(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal Redis does not answer is counted and logged; the fill goes on, is tried
+    again at the next tick, and the response is served and stored."""
+    renewals = Renewals(cache, fail=True)
+    monkeypatch.setattr(cache, "renew_fill", renewals)
+    ttl = CacheConfig(coalesce_timeout=1.0).fill_lock_ttl
+    # Two or three renewals, fewer than the five failures in a row that open the breaker
+    # (which would then skip the store as well: that is the breaker's job, not this test's).
+    origin = SlowOrigin(1.6 * ttl)
+    async with deadline(10), make_client(cache, origin, default_ttl=60, coalesce_timeout=1.0) as c:
+        response = await c.get("/flaky-redis")
     assert response.status_code == 200
     assert "stored" in response.headers["cache-status"]
-    assert origin.calls["/orphan"] == 1
-    assert 0.3 < elapsed < 1.5
+    assert len(renewals.calls) >= 2
+    assert cache.stats.redis_error >= 2
+
+
+async def test_waiter_taking_a_lock_freed_by_the_store_serves_that_entry(
+    cache: RedisCache, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner stores (which deletes its lock) between a waiter's look for the entry and
+    its next try at the lock: the waiter gets the free lock, looks again before calling the
+    app, serves the entry and gives the lock back. One app call."""
+    origin = SlowOrigin(0.3)
+    stored = asyncio.Event()
+    store = cache.store
+
+    async def store_and_tell(*args: Any, **kwargs: Any) -> None:
+        await store(*args, **kwargs)
+        stored.set()
+
+    monkeypatch.setattr(cache, "store", store_and_tell)
+    other = RedisCache(redis_client, namespace=cache.namespace)  # another process's cache
+    acquire = other.acquire_fill
+    tries = 0
+
+    async def acquire_once_stored(*args: Any) -> int:
+        nonlocal tries
+        tries += 1
+        if tries > 1:  # a look has missed since the first try: let the owner store now
+            await stored.wait()
+        return await acquire(*args)
+
+    monkeypatch.setattr(other, "acquire_fill", acquire_once_stored)
+    async with (
+        deadline(10),
+        make_client(cache, origin, default_ttl=60) as owning,
+        make_client(other, origin, default_ttl=60, timeout=WAITER_TIMEOUT) as waiting,
+    ):
+        first = asyncio.ensure_future(owning.get("/race"))
+        await asyncio.sleep(0.05)
+        second = await waiting.get("/race")
+        response = await first
+    assert tries == 2
+    assert origin.calls["/race"] == 1
+    assert "stored" in response.headers["cache-status"]
+    assert "collapsed" in second.headers["cache-status"]
+    assert await redis_client.exists(lock_of(cache, "/race")) == 0
 
 
 async def test_waiters_give_up_after_coalesce_timeout(cache: RedisCache) -> None:

@@ -199,6 +199,7 @@ class RedisCache:
         self._index_script = client.register_script(INDEX_SCRIPT)
         self._acquire_script = client.register_script(ACQUIRE_SCRIPT)
         self._release_script = client.register_script(RELEASE_SCRIPT)
+        self._renew_script = client.register_script(RENEW_SCRIPT)
         self._store_script = client.register_script(STORE_SCRIPT)
         self._lookup_script = client.register_script(LOOKUP_SCRIPT)
         self._mark_script = client.register_script(PURGE_MARK_SCRIPT)
@@ -733,7 +734,8 @@ class RedisCache:
     # -- fill locks ---------------------------------------------------------------------
 
     async def acquire_fill(self, uhash: str, fill: FillLock, ttl: float, generation: int) -> int:
-        """Try to take the fill lock of a URL (variant): ``ACQUIRED``, ``HELD`` or ``PASS``.
+        """Try to take the fill lock of a URL (variant) for ``ttl`` seconds: ``ACQUIRED``,
+        ``HELD`` or ``PASS``. The owner keeps it with ``renew_fill`` while it fills.
 
         ``PASS`` means the URL's last response was not storable (hit-for-pass): callers go
         to the app at once instead of queueing behind a lock.
@@ -744,6 +746,16 @@ class RedisCache:
             args=[fill.token, max(1, int(ttl * 1000))],
         )
         return int(result)
+
+    async def renew_fill(self, uhash: str, fill: FillLock, ttl: float, generation: int) -> bool:
+        """Make a fill lock this request holds live ``ttl`` seconds from now; return False
+        when it is no longer ours (it expired, and maybe someone else took it)."""
+        base = keys.url_key(self.namespace, generation, uhash)
+        result = await self._renew_script(
+            keys=[keys.lock_key(base, fill.variant)],
+            args=[fill.token, max(1, int(ttl * 1000))],
+        )
+        return int(result) == 1
 
     async def release_fill(
         self, uhash: str, fill: FillLock, generation: int, *, pass_for: float = 0.0
@@ -1073,8 +1085,11 @@ return 1
 PRUNE_BATCH = 100
 
 #: Lua: hit-for-pass wins (-1); else take the lock with NX PX (1); else it is held (0).
-#: Our locks always expire: a lock key without a TTL holds something else, and is dropped
-#: (else every miss of the URL would wait coalesce_timeout for a fill that never comes).
+#: ARGV[2] is the lock's TTL in ms, a fraction of coalesce_timeout (``lock_ttl_for``), so
+#: that a dead owner's lock frees up well before its waiters give up; a live owner renews it
+#: (RENEW_SCRIPT). Our locks always expire: a lock key without a TTL holds something else,
+#: and is dropped (else every miss of the URL would wait coalesce_timeout for a fill that
+#: never comes).
 ACQUIRE_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 if redis.call('PTTL', KEYS[1]) == -1 then redis.call('DEL', KEYS[1]) end
@@ -1087,9 +1102,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
 return 1
 """
+#: Lua: put the lock's TTL back to ARGV[2] ms if it still holds our token (1), else 0: a
+#: renewal never extends a lock someone took over after ours expired.
+RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
 ACQUIRED, HELD, PASS = 1, 0, -1
 #: Lua: a miss's lookup and fill lock in one round trip. The URL's hash if it holds anything
-#: (an entry, a Vary marker or garbage); else ACQUIRE_SCRIPT's answer for the lock.
+#: (an entry, a Vary marker or garbage); else ACQUIRE_SCRIPT's answer for the lock, taken
+#: for ARGV[2] ms like there.
 LOOKUP_SCRIPT = """
 local found = redis.call('HGETALL', KEYS[1])
 if #found > 0 then return found end

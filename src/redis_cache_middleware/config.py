@@ -24,6 +24,9 @@ DEFAULT_KEEP_FOR_REVALIDATION = 60.0
 DEFAULT_HIT_FOR_PASS_TTL = 10.0
 DEFAULT_MAX_BACKGROUND_REFRESHES = 32
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+#: The fill lock lives a quarter of ``coalesce_timeout``, never less than this many seconds
+#: (nor than three ``timeout``s), never more than half of ``coalesce_timeout``.
+MIN_FILL_LOCK_TTL = 0.25
 #: At most this many tags are kept per response, each at most MAX_TAG_LENGTH characters.
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 256
@@ -70,6 +73,20 @@ def _seconds(option: str, value: object, *, allow_none: bool) -> float | None:
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{option} must be a finite number >= 0; got {value!r}")
     return float(value)
+
+
+def lock_ttl_for(coalesce_timeout: float, timeout: float) -> float:
+    """Return how long a fill lock lives unless its owner renews it.
+
+    Waiters wait up to ``coalesce_timeout``; the lock must expire well before that, so that
+    when its owner dies they take over and are served by one new fill instead of all going
+    to the app at their deadline. A quarter of ``coalesce_timeout``, but at least
+    ``MIN_FILL_LOCK_TTL`` and three ``timeout``s (the owner renews it every third of the TTL
+    and each renewal may take ``timeout``: one that fails still leaves another in time), and
+    at most half of ``coalesce_timeout``.
+    """
+    floor = max(MIN_FILL_LOCK_TTL, 3 * timeout)
+    return min(coalesce_timeout / 2, max(coalesce_timeout / 4, floor))
 
 
 def _header_names(option: str, names: object) -> tuple[str, ...]:
@@ -122,6 +139,8 @@ class CacheConfig:
     statuses: frozenset[int] = field(init=False)
     bypass_header_bytes: bytes | None = field(init=False)
     tag_matchers: tuple[tuple[PathMatcher, tuple[str, ...]], ...] = field(init=False)
+    #: Seconds a fill lock lives unless its owner renews it (``lock_ttl_for``).
+    fill_lock_ttl: float = field(init=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -225,6 +244,7 @@ class CacheConfig:
             _seconds(option, getattr(self, option), allow_none=False)
         if not _seconds("coalesce_timeout", self.coalesce_timeout, allow_none=False):
             raise ConfigError("coalesce_timeout must be > 0 seconds")
+        set_(self, "fill_lock_ttl", lock_ttl_for(self.coalesce_timeout, self.timeout))
         for option in ("add_etag", "coalesce"):
             if not isinstance(getattr(self, option), bool):
                 raise ConfigError(f"{option} must be True or False")

@@ -6,6 +6,7 @@ Nothing here lives longer than one request, except what ``CacheMiddleware`` hand
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sys
 import time
@@ -227,7 +228,8 @@ class Forward:
 
     ``fallback`` is a stale entry that may stand in for an error (stale-if-error);
     ``revalidate`` a stale entry whose validators are sent to the app, so that a 304 refreshes
-    it without its body; ``fill`` the fill lock this request owns, released at the end.
+    it without its body; ``fill`` the fill lock this request owns, kept alive while the app
+    runs (``LockRenewal``) and released (or deleted by the store) at the end.
     """
 
     def __init__(
@@ -294,7 +296,7 @@ class Forward:
         stored = False
         try:
             try:
-                await self.middleware.app(scope, receive, self.send_wrapper)
+                await self._call_app(scope, receive)
             except Exception:
                 if self.fallback is None or self.started_client:
                     raise
@@ -323,6 +325,18 @@ class Forward:
         return decision is not None and policy.marks_hit_for_pass(
             self.status, decision, self.request.is_conditional
         )
+
+    async def _call_app(self, scope: Scope, receive: Receive) -> None:
+        """Run the app; while it runs (and only then), keep this forward's fill lock alive."""
+        fill = self.fill
+        if fill is None:
+            await self.middleware.app(scope, receive, self.send_wrapper)
+            return
+        renewal = LockRenewal(self.middleware, self.request, fill)
+        try:
+            await self.middleware.app(scope, receive, self.send_wrapper)
+        finally:
+            renewal.stop()
 
     def _cache_status(self, stored: bool, detail: str | None) -> bytes:
         name = self.middleware.config.cache_name
@@ -605,6 +619,62 @@ class Forward:
         status = self._cache_status(stored, detail).decode()
         await replay(refreshed, refreshed.age(now), self.request, status, self.send)
         return stored
+
+
+#: A fill lock's owner renews it this many times per TTL (``LockRenewal``).
+RENEWALS_PER_TTL = 3
+
+
+class LockRenewal:
+    """Keep the fill lock a forward owns alive for as long as its app call runs.
+
+    The lock lives ``fill_lock_ttl`` seconds, well under ``coalesce_timeout``, so that the
+    lock of an owner that died frees up long before its waiters give up. A live owner whose
+    app is slower than that renews it every third of the TTL with a compare-token
+    ``PEXPIRE`` (``RedisCache.renew_fill``), so that no waiter takes it over and calls the
+    app again; a renewal that fails still leaves another before the lock would expire.
+
+    Nothing runs in between: a timer waits, and only when it fires does a task send the
+    renewal, so a fill quicker than a third of the TTL (most are) costs one timer and no
+    Redis call. Each renewal is bounded by ``timeout`` and fails open (a failed one is tried
+    again at the next tick: the lock may still be ours). The renewals end when ``stop`` is called,
+    as the app call ends (it answered, raised, or was cancelled; a client that went away
+    ends it when the app stops on ``http.disconnect`` or on its ``send`` raising); the store
+    or release that follows is bounded by ``timeout``, under the two thirds of its TTL the
+    lock has left.
+    They also end when the lock is found not to be ours any more. A renewal already sent
+    when ``stop`` is called is let finish: it only ever extends our own token, so it cannot
+    keep a lock someone else holds, and a lock that was stored or released is gone.
+    """
+
+    __slots__ = ("_fill", "_handle", "_interval", "_loop", "_middleware", "_request", "_task")
+
+    def __init__(self, middleware: CacheMiddleware, request: Request, fill: FillLock) -> None:
+        self._middleware = middleware
+        self._request = request
+        self._fill = fill
+        self._interval = middleware.config.fill_lock_ttl / RENEWALS_PER_TTL
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(self._interval, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        # Held here until it is done: the loop keeps only a weak reference to its tasks.
+        self._task = self._loop.create_task(self._renew(self._loop.time()))
+
+    async def _renew(self, fired: float) -> None:
+        kept = await self._middleware._renew_lock(self._request, self._fill)
+        self._task = None
+        if kept is not False and self._interval:
+            self._handle = self._loop.call_at(fired + self._interval, self._fire)
+
+    def stop(self) -> None:
+        """Renew no more (a renewal under way finishes, and schedules nothing)."""
+        self._interval = 0.0
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def _stored_entry(

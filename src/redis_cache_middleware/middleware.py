@@ -14,10 +14,12 @@ sends the request to the app as if there were no cache: the cache never causes a
 
 Concurrent misses for one URL are coalesced: in one process they wait on one future, across
 processes on a fill lock in Redis (``SET NX PX`` with a random token, released by its owner
-only). Waiters poll for the entry with backoff, take the lock over if its owner vanished, and
-give up and go to the app after ``coalesce_timeout``: never a deadlock, never an unbounded
-wait. A URL whose response was not storable is remembered for ``hit_for_pass_ttl`` so that
-later requests are not serialised behind a lock (Varnish's hit-for-pass).
+only). The lock lives a fraction of ``coalesce_timeout`` and its owner renews it while the
+app runs, so waiters poll for the entry with backoff, take the lock over soon after its
+owner vanished, and give up and go to the app after ``coalesce_timeout``: never a deadlock,
+never an unbounded wait. A URL whose response was not storable is remembered for
+``hit_for_pass_ttl`` so that later requests are not serialised behind a lock (Varnish's
+hit-for-pass).
 """
 
 from __future__ import annotations
@@ -319,7 +321,7 @@ class CacheMiddleware:
                     request.values_for,
                     guess,
                     fill=fill,
-                    fill_ttl=self.config.coalesce_timeout,
+                    fill_ttl=self.config.fill_lock_ttl,
                 ),
             )
             found = None if isinstance(result, Skipped) else result
@@ -445,12 +447,18 @@ class CacheMiddleware:
                 await self._release_lock(request, pre[0])
             fill = FillLock(variant=variant, token=new_token())
         delay = POLL_FIRST
+        waited = False
         while True:
             state: int | None
             if first is not None:
                 state, first = first, None
             else:
                 state = await self._acquire(request, fill)
+            if state == ACQUIRED and waited and await self._serve_filled(request, send, fwd):
+                # The lock came free because its owner stored (the store deletes the lock),
+                # after our last look: serve that entry, not a second app call.
+                await self._release_lock(request, fill)
+                return "stored"
             if state is None or state in (ACQUIRED, PASS):
                 # The filler; or Redis failed, or the URL is known not to be storable
                 # (hit-for-pass): no queueing either way.
@@ -466,6 +474,7 @@ class CacheMiddleware:
                 return "timeout"
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, POLL_CAP)
+            waited = True
             if await self._serve_filled(request, send, fwd):
                 return "stored"
 
@@ -477,9 +486,21 @@ class CacheMiddleware:
             cache,
             self.config.timeout,
             "fill lock",
-            lambda: cache.acquire_fill(
-                request.uhash, fill, self.config.coalesce_timeout, generation
-            ),
+            lambda: cache.acquire_fill(request.uhash, fill, self.config.fill_lock_ttl, generation),
+        )
+        return None if isinstance(result, Skipped) else result
+
+    async def _renew_lock(self, request: Request, fill: FillLock) -> bool | None:
+        """Give a fill lock this request holds its full TTL again (``LockRenewal``): True;
+        False when it is no longer ours; None when Redis did not answer in time."""
+        found = request.found
+        cache = self.cache
+        generation = found.generation if found is not None else cache.generation
+        result = await guarded(
+            cache,
+            self.config.timeout,
+            "lock renewal",
+            lambda: cache.renew_fill(request.uhash, fill, self.config.fill_lock_ttl, generation),
         )
         return None if isinstance(result, Skipped) else result
 
