@@ -39,9 +39,13 @@ class Versioned:
         self.conditional_calls: Counter[str] = Counter()
         self.etags = True
         self.last_modified: str | None = None
+        #: When set, every call waits for it (a handler held until the test lets it go).
+        self.gate: asyncio.Event | None = None
 
     async def handle(self, request: Request) -> Response:
         self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail == "raise":
@@ -95,13 +99,14 @@ async def test_swr_answers_stale_at_once_and_refreshes_once(cache: RedisCache) -
         await client.get("/doc")
         await asyncio.sleep(1.1)
         origin.version = 2
-        origin.delay = 0.5
-        started = time.monotonic()
-        stale = await asyncio.gather(*(client.get("/doc") for _ in range(20)))
-        elapsed = time.monotonic() - started
+        origin.gate = asyncio.Event()  # the refresh's app call is held until after the answers
+        # An answer that waited for the refresh would wait for the gate: none may.
+        stale = await asyncio.wait_for(
+            asyncio.gather(*(client.get("/doc") for _ in range(20))), timeout=10
+        )
+        origin.gate.set()
         await wait_for_refreshes(client)
         fresh = await client.get("/doc")
-    assert elapsed < 0.4  # nobody waited for the 0.5 s handler
     assert {r.content for r in stale} == {b"document v1"}
     assert all("; hit; " in r.headers["cache-status"] for r in stale)
     assert all(r.headers["cache-status"].endswith("; fwd=stale") for r in stale)
@@ -109,6 +114,42 @@ async def test_swr_answers_stale_at_once_and_refreshes_once(cache: RedisCache) -
     assert origin.calls == 2
     assert fresh.content == b"document v2"
     assert fresh.headers["cache-status"].startswith("redis-cache; hit; ttl=")
+
+
+async def test_refresh_finding_the_entry_refreshed_elsewhere_does_not_call_the_app(
+    cache: RedisCache,
+) -> None:
+    # Two middlewares stand for two processes. A's refresh is held before its lock attempt
+    # until B has refreshed the entry (and B's store has released the lock): A then takes
+    # the free lock, and must see the newer entry instead of calling the app again.
+    origin = Versioned("max-age=1, stale-while-revalidate=30")
+    async with client_for(cache, origin) as a, client_for(cache, origin) as b:
+        await a.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.version = 2
+        held, b_done = asyncio.Event(), asyncio.Event()
+        a_mw = middleware_of(a)
+        acquire = a_mw._acquire
+
+        async def late_acquire(*args: Any, **kwargs: Any) -> Any:
+            held.set()
+            await b_done.wait()
+            return await acquire(*args, **kwargs)
+
+        a_mw._acquire = late_acquire  # type: ignore[method-assign]
+        assert (await a.get("/doc")).headers["cache-status"].endswith("fwd=stale")
+        await held.wait()
+        assert (await b.get("/doc")).headers["cache-status"].endswith("fwd=stale")
+        await wait_for_refreshes(b)
+        assert origin.calls == 2  # the first fill and B's refresh
+        b_done.set()
+        await wait_for_refreshes(a)
+        after = await a.get("/doc")
+    assert origin.calls == 2
+    assert after.content == b"document v2" and "; hit; " in after.headers["cache-status"]
+    uhash = cache.url_hash("http", b"testserver", "/doc", b"")
+    lock = keys.lock_key(keys.url_key(cache.namespace, cache.generation, uhash))
+    assert await cache.client.exists(lock) == 0  # A gave the lock back
 
 
 async def test_swr_refresh_by_304_keeps_body_updates_headers(cache: RedisCache) -> None:

@@ -157,6 +157,8 @@ class CacheMiddleware:
         self._inflight: dict[str, asyncio.Future[str]] = {}
         #: In-process lookups under way, by key: concurrent lookups share one.
         self._lookups: dict[str, asyncio.Future[Lookup | None]] = {}
+        #: Background refreshes this process has started and not finished, by fill key.
+        self._refreshing: set[str] = set()
         self.background = BackgroundTasks(self.config.max_background_refreshes)
         cache.track_background(self.background, self.config.shutdown_timeout)
 
@@ -543,24 +545,49 @@ class CacheMiddleware:
     def _refresh_later(
         self, scope: Scope, request: Request, entry: CachedEntry, default_ttl: float | None
     ) -> None:
+        key = f"{request.uhash}:{self._fill_variant(request)}"
+        if key in self._refreshing:
+            return  # this process is refreshing it already: no second task, no lock attempt
         background_scope: Scope = {**scope, "method": "GET", "headers": list(scope["headers"])}
         refresh = Request(background_scope, None)
         refresh.uhash = request.uhash
         refresh.found = request.found
         started = self.background.spawn(
-            self._refresh(background_scope, refresh, entry, default_ttl)
+            self._refresh(background_scope, refresh, entry, default_ttl, key)
         )
-        if not started:
+        if started:
+            self._refreshing.add(key)
+        else:
             self.cache.stats.not_stored["refresh-limit"] += 1
 
     async def _refresh(
-        self, scope: Scope, request: Request, entry: CachedEntry, default_ttl: float | None
+        self,
+        scope: Scope,
+        request: Request,
+        entry: CachedEntry,
+        default_ttl: float | None,
+        key: str,
     ) -> None:
         """Refresh a stale entry once across every process: only the fill lock's owner runs
         the app; a failure (the app raises or answers an error status) leaves the stale entry
         in place and is logged as a warning."""
+        try:
+            await self._refresh_once(scope, request, entry, default_ttl)
+        finally:
+            self._refreshing.discard(key)
+
+    async def _refresh_once(
+        self, scope: Scope, request: Request, entry: CachedEntry, default_ttl: float | None
+    ) -> None:
         fill = FillLock(variant=self._fill_variant(request), token=new_token())
         if await self._acquire(request, fill) != ACQUIRED:
+            return
+        # The lock may be free because another process has just refreshed the entry (its
+        # store releases the lock): look again rather than call the app a second time.
+        found = await self._lookup(request)
+        current = found.entry if found is not None else None
+        if current is not None and current.stored_at > entry.stored_at:
+            await self._release_lock(request, fill)
             return
         revalidate = entry if has_validators(entry) else None
         forward = Forward(
