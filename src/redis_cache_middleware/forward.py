@@ -637,13 +637,14 @@ class LockRenewal:
     Nothing runs in between: a timer waits, and only when it fires does a task send the
     renewal, so a fill quicker than a third of the TTL (most are) costs one timer and no
     Redis call. Each renewal is bounded by ``timeout`` and fails open (a failed one is tried
-    again at the next tick: the lock may still be ours). The renewals end when ``stop`` is called,
-    as the app call ends (it answered, raised, or was cancelled; a client that went away
+    again at the next tick: the lock may still be ours). The renewals end when ``stop`` is
+    called, as the app call ends (it answered, raised, or was cancelled; a client that went away
     ends it when the app stops on ``http.disconnect`` or on its ``send`` raising); the store
     or release that follows is bounded by ``timeout``, under the two thirds of its TTL the
     lock has left.
-    They also end when the lock is found not to be ours any more. A renewal already sent
-    when ``stop`` is called is let finish: it only ever extends our own token, so it cannot
+    They also end when the lock is found not to be ours any more. A renewal whose timer
+    fired but whose task had not run yet when ``stop`` was called sends nothing; one already
+    sent is let finish: it only ever extends our own token, so it cannot
     keep a lock someone else holds, and a lock that was stored or released is gone.
     """
 
@@ -664,6 +665,10 @@ class LockRenewal:
         self._task = self._loop.create_task(self._renew(self._loop.time()))
 
     async def _renew(self, fired: float) -> None:
+        if not self._interval:
+            # Stopped after the timer fired but before this task ran: send nothing.
+            self._task = None
+            return
         kept = await self._middleware._renew_lock(self._request, self._fill)
         self._task = None
         if kept is not False and self._interval:
