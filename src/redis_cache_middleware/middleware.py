@@ -28,7 +28,7 @@ import asyncio
 import hmac
 import sys
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 from . import policy
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -54,6 +54,7 @@ from .forward import (
     Invalidate,
     Request,
     Skipped,
+    T,
     empty_receive,
     guarded,
     has_validators,
@@ -480,46 +481,44 @@ class CacheMiddleware:
             if await self._serve_filled(request, send, fwd):
                 return "stored"
 
-    async def _acquire(self, request: Request, fill: FillLock) -> int | None:
+    async def _lock_call(
+        self, request: Request, kind: str, call: Callable[[int], Awaitable[T]]
+    ) -> T | None:
+        """Run one fill-lock call (``call`` takes the generation the request's keys are in),
+        bounded by the timeout; None when Redis failed or the breaker is open."""
         found = request.found
-        cache = self.cache
-        generation = found.generation if found is not None else cache.generation
-        result = await guarded(
-            cache,
-            self.config.timeout,
-            "fill lock",
-            lambda: cache.acquire_fill(request.uhash, fill, self.config.fill_lock_ttl, generation),
-        )
+        generation = found.generation if found is not None else self.cache.generation
+        result = await guarded(self.cache, self.config.timeout, kind, lambda: call(generation))
         return None if isinstance(result, Skipped) else result
+
+    async def _acquire(self, request: Request, fill: FillLock) -> int | None:
+        ttl = self.config.fill_lock_ttl
+        return await self._lock_call(
+            request,
+            "fill lock",
+            lambda gen: self.cache.acquire_fill(request.uhash, fill, ttl, gen),
+        )
 
     async def _renew_lock(self, request: Request, fill: FillLock) -> bool | None:
         """Give a fill lock this request holds its full TTL again (``LockRenewal``): True;
         False when it is no longer ours; None when Redis did not answer in time."""
-        found = request.found
-        cache = self.cache
-        generation = found.generation if found is not None else cache.generation
-        result = await guarded(
-            cache,
-            self.config.timeout,
+        ttl = self.config.fill_lock_ttl
+        return await self._lock_call(
+            request,
             "lock renewal",
-            lambda: cache.renew_fill(request.uhash, fill, self.config.fill_lock_ttl, generation),
+            lambda gen: self.cache.renew_fill(request.uhash, fill, ttl, gen),
         )
-        return None if isinstance(result, Skipped) else result
 
     async def _release_lock(
         self, request: Request, fill: FillLock, *, refused: bool = False
     ) -> None:
         """Give back a fill lock this request holds; ``refused`` (the response was not
         storable) also marks the URL hit-for-pass for ``hit_for_pass_ttl``."""
-        found = request.found
-        cache = self.cache
-        generation = found.generation if found is not None else cache.generation
         pass_for = self.config.hit_for_pass_ttl if refused else 0.0
-        await guarded(
-            cache,
-            self.config.timeout,
+        await self._lock_call(
+            request,
             "lock release",
-            lambda: cache.release_fill(request.uhash, fill, generation, pass_for=pass_for),
+            lambda gen: self.cache.release_fill(request.uhash, fill, gen, pass_for=pass_for),
         )
 
     async def _serve_filled(self, request: Request, send: Send, fwd: str) -> bool:
