@@ -91,3 +91,21 @@ def make_client(
     app = FRAMEWORKS[framework](origin)
     app.add_middleware(CacheMiddleware, cache=cache, **options)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+def http_scope(path: str, host: str = "testserver") -> dict[str, Any]:
+    """A plain GET scope, for tests that drive the middleware with raw ASGI calls."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", host.encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": (host, 80),
+    }

@@ -23,7 +23,7 @@ from redis_cache_middleware.config import CacheConfig
 from redis_cache_middleware.middleware import POLL_CAP
 
 from .conftest import RedisServer, free_port
-from .helpers import Origin, Spec, make_client
+from .helpers import Origin, Spec, http_scope, make_client
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as deadline
@@ -338,21 +338,6 @@ async def test_background_refresh_keeps_its_lock(cache: RedisCache) -> None:
     assert fresh.content == b"document v2"
 
 
-def _request(path: str) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-    }
-
-
 class Renewals:
     """Wraps a cache's ``renew_fill`` to note each renewal sent, and its answer."""
 
@@ -417,9 +402,9 @@ async def test_renewals_stop_when_the_fill_ends(
     async with deadline(10):
         if ending == "error":
             with pytest.raises(RuntimeError, match="app failed"):
-                await middleware(_request("/r"), receive, send)
+                await middleware(http_scope("/r"), receive, send)
         else:
-            await middleware(_request("/r"), receive, send)
+            await middleware(http_scope("/r"), receive, send)
         during = len(renewals.calls)
         await asyncio.sleep(3 * ttl)  # six renewal periods
     # The last one may have crossed the store or release (then it found no lock of ours).

@@ -17,7 +17,7 @@ from redis_cache_middleware import CacheMiddleware, RedisCache, keys
 from redis_cache_middleware.entry import SCHEMA_VERSION, decode
 
 from .conftest import RedisServer
-from .helpers import Origin, Spec, make_client
+from .helpers import Origin, Spec, http_scope, make_client
 
 pytestmark = pytest.mark.anyio
 
@@ -166,20 +166,7 @@ async def test_streamed_50mib_memory_stays_bounded_and_chunks_interleave(
     async def receive() -> Any:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/stream",
-        "raw_path": b"/stream",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 1),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope("/stream")
     middleware = CacheMiddleware(app, cache=cache, default_ttl=60)
     limit = middleware.config.max_body_size
     assert limit == 1024 * 1024

@@ -32,7 +32,7 @@ from redis_cache_middleware.entry import CachedEntry, decode
 from redis_cache_middleware.forward import warn
 
 from .conftest import RedisServer
-from .helpers import Origin, Spec, make_client
+from .helpers import Origin, Spec, http_scope, make_client
 from .tcp_proxy import TcpProxy
 
 if sys.version_info >= (3, 11):
@@ -496,23 +496,6 @@ async def test_wrong_type_at_variant_set_never_breaks_a_response(
 # -- the app failing or the client leaving mid-stream ---------------------------------------
 
 
-def _scope(path: str) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
-
-
 class Client:
     """One ASGI request driven by hand: records what the server would send to the client;
     ``disconnect_after`` body messages, ``receive`` says the client is gone (and ``send``
@@ -589,7 +572,7 @@ async def test_app_raising_mid_stream_stores_nothing_client_got_what_was_sent(
     client = Client()
     async with deadline(10):
         with pytest.raises(RuntimeError, match="mid-stream"):
-            await middleware(_scope("/ms"), client.receive, client.send)
+            await middleware(http_scope("/ms"), client.receive, client.send)
         await _assert_nothing_stored(cache, redis_client, "/ms")
         # Exactly what the app sent before failing, in order, nothing after.
         assert client.sent[0]["type"] == "http.response.start"
@@ -601,7 +584,7 @@ async def test_app_raising_mid_stream_stores_nothing_client_got_what_was_sent(
         started = time.monotonic()
         again = Client()
         await CacheMiddleware(_streaming(calls, None), cache=cache, default_ttl=60)(
-            _scope("/ms"), again.receive, again.send
+            http_scope("/ms"), again.receive, again.send
         )
         assert time.monotonic() - started < 1.0
     assert again.body == b"part0;part1;part2;part3;" and calls["/ms"] == 2
@@ -631,7 +614,7 @@ async def test_client_disconnecting_mid_stream_stores_nothing(
     middleware = CacheMiddleware(app, cache=cache, default_ttl=60)
     client = Client(disconnect_after=2, send_raises=send_raises)
     async with deadline(10):
-        call = middleware(_scope("/dc"), client.receive, client.send)
+        call = middleware(http_scope("/dc"), client.receive, client.send)
         if send_raises:
             # The app notices only when it sends again: let it, after the client left.
             async def let_it_send() -> None:
@@ -659,7 +642,7 @@ async def test_client_leaving_after_a_complete_response_still_stores_it(
     middleware = CacheMiddleware(_streaming(calls, None, chunks=1), cache=cache, default_ttl=60)
     client = Client(disconnect_after=1)
     async with deadline(10):
-        await middleware(_scope("/whole"), client.receive, client.send)
+        await middleware(http_scope("/whole"), client.receive, client.send)
     assert isinstance(decode(await redis_client.hgetall(base_key(cache, "/whole"))), CachedEntry)
 
 

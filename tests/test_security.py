@@ -34,6 +34,7 @@ from redis_cache_middleware._types import Message
 
 from .cluster_fixtures import unavailable
 from .conftest import RedisServer, free_port
+from .helpers import http_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -565,20 +566,7 @@ async def test_slow_client_does_not_pin_a_redis_connection(
     origin = Origin(render=lambda r: "x" * 5000)
     app = app_for(origin)
     app.add_middleware(CacheMiddleware, cache=cache, default_ttl=60)
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/slow",
-        "raw_path": b"/slow",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", SITE.encode())],
-        "client": ("127.0.0.1", 1),
-        "server": (SITE, 80),
-    }
+    scope = http_scope("/slow", host=SITE)
 
     async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}

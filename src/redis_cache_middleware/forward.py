@@ -273,7 +273,7 @@ class Forward:
         self.stored_at = 0.0
         #: Whether the store already ran (before the start message of a response sent whole).
         self.stored: bool | None = None
-        self.send: Send = _nowhere
+        self.send: Send = discard
         #: How it ended, for requests waiting on this fill: ``stored``, ``refused`` (not
         #: storable, and hit-for-pass), ``error`` (the app raised) or ``other`` (nothing
         #: stored, for no lasting reason: an error status, a 304 to the client's validators).
@@ -708,7 +708,7 @@ def _stored_entry(
     )
 
 
-async def _nowhere(message: Message) -> None:
+async def discard(message: Message) -> None:
     """A ``send`` for background refreshes: the response goes only to the cache."""
 
 

@@ -55,6 +55,7 @@ from .forward import (
     Request,
     Skipped,
     T,
+    discard,
     empty_receive,
     guarded,
     has_validators,
@@ -599,7 +600,7 @@ class CacheMiddleware:
         )
         failed = f"redis-cache background refresh of {request.path} failed"
         try:
-            await forward.run(scope, empty_receive(), _discard)
+            await forward.run(scope, empty_receive(), discard)
         except Exception as exc:
             # Rate-limited: an outage fails every stale URL's refresh at once.
             warn("background refresh", f"{failed}; the stale entry stays", exc)
@@ -622,7 +623,3 @@ class CacheMiddleware:
             return message
 
         return wrapped
-
-
-async def _discard(message: Message) -> None:
-    """A ``send`` for background refreshes: the response goes only to the cache."""
