@@ -72,6 +72,10 @@ class Versioned:
 
 
 def client_for(cache: RedisCache, origin: Versioned, **options: Any) -> httpx.AsyncClient:
+    # A lookup over the Redis timeout goes to the app (fail open, tested in test_faults):
+    # on a loaded machine the default 100 ms can pass, and a request sent to an app held at
+    # a gate would wait for the gate. These tests are about staleness, so they allow 1 s.
+    options.setdefault("timeout", 1.0)
     app = Starlette(routes=[Route("/doc", origin.handle)])
     app.add_middleware(CacheMiddleware, cache=cache, **options)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
@@ -278,7 +282,7 @@ async def test_refresh_answered_with_an_error_keeps_stale_entry_and_marks_no_pas
 async def test_shutdown_with_refresh_in_flight_is_clean(cache: RedisCache) -> None:
     origin = Versioned("max-age=1, stale-while-revalidate=30", delay=0)
     app = Starlette(routes=[Route("/doc", origin.handle)])
-    app.add_middleware(CacheMiddleware, cache=cache, shutdown_timeout=0.2)
+    app.add_middleware(CacheMiddleware, cache=cache, shutdown_timeout=0.2, timeout=1.0)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://testserver"
     ) as client:
