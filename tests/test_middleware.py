@@ -425,8 +425,13 @@ async def test_authorized_request_not_served_anonymous_entry(
     async with make_client(cache, origin, framework) as client:
         await client.get("/feed")
         authed = await client.get("/feed", headers={"authorization": "Bearer carol"})
+        anonymous = await client.get("/feed")
     assert "hit" not in authed.headers["cache-status"]
     assert b"Bearer carol" in authed.content
+    # Carol's answer may not be stored, for her credentials' sake: it says nothing of the
+    # copy everyone else is served, which stays.
+    assert "; hit; " in anonymous.headers["cache-status"]
+    assert b"Bearer carol" not in anonymous.content
 
 
 @pytest.mark.parametrize(

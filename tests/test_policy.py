@@ -33,6 +33,7 @@ from redis_cache_middleware.policy import (
     parse_http_date,
     parse_request,
     parse_vary,
+    supersedes_stored,
 )
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -1005,6 +1006,28 @@ def test_marks_hit_for_pass(status: int, conditional: bool, marks: bool) -> None
     assert (
         marks_hit_for_pass(status, StoreDecision(store=True, reason="stored"), conditional) is False
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "conditional", "supersedes"),
+    [
+        pytest.param(200, "no-store", False, True, id="no-store"),
+        pytest.param(200, "private", False, True, id="private"),
+        pytest.param(200, "vary-star", False, True, id="vary-star"),
+        pytest.param(200, "no-ttl", False, True, id="no-ttl"),
+        pytest.param(302, "status", False, True, id="now-a-redirect"),
+        pytest.param(200, "authorization", False, False, id="authorization"),
+        pytest.param(200, "set-cookie", False, False, id="set-cookie"),
+        pytest.param(206, "partial", False, False, id="partial"),
+        pytest.param(304, "status", True, False, id="304-to-client-validators"),
+        pytest.param(503, "status", False, False, id="error-status"),
+    ],
+)
+def test_supersedes_stored(status: int, reason: str, conditional: bool, supersedes: bool) -> None:
+    refused = StoreDecision(store=False, reason=reason)
+    assert supersedes_stored(status, refused, conditional) is supersedes
+    stored = StoreDecision(store=True, reason="stored")
+    assert supersedes_stored(status, stored, conditional) is False
 
 
 def test_is_error_status() -> None:

@@ -279,6 +279,103 @@ async def test_refresh_answered_with_an_error_keeps_stale_entry_and_marks_no_pas
     ]
 
 
+@pytest.mark.parametrize("refusal", ["no-store", "private", "max-age=60, no-store"])
+async def test_refresh_answered_not_to_be_stored_drops_the_stale_entry(
+    cache: RedisCache, redis_client: Any, refusal: str
+) -> None:
+    # The origin now says its answer may not be kept: the old copy is out of date (RFC 9111
+    # 4.3.3), so after the refresh nobody is served it again, not even within the window.
+    origin = Versioned("max-age=1, stale-while-revalidate=30")
+    uhash = cache.url_hash("http", b"testserver", "/doc", b"")
+    base = keys.url_key(cache.namespace, 0, uhash)
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.version, origin.cache_control = 2, refusal
+        stale = await client.get("/doc")
+        await wait_for_refreshes(client)
+        assert await redis_client.exists(base) == 0
+        after = [await client.get("/doc") for _ in range(2)]
+    assert stale.content == b"document v1" and stale.headers["cache-status"].endswith("fwd=stale")
+    assert [r.content for r in after] == [b"document v2"] * 2
+    assert all("; hit" not in r.headers["cache-status"] for r in after)
+    assert origin.calls == 4  # the fill, the refresh, then each request after it
+    assert cache.stats.invalidated == 1
+
+
+async def test_revalidation_answered_not_to_be_stored_leaves_no_stale_stand_in(
+    cache: RedisCache,
+) -> None:
+    # A stale entry revalidated in the foreground gets a full answer marked no-store: the
+    # entry goes, so a later error is not hidden behind the old copy (stale-if-error).
+    origin = Versioned("max-age=1, stale-if-error=60")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        await asyncio.sleep(1.1)
+        origin.version, origin.cache_control = 2, "no-store"
+        replaced = await client.get("/doc")
+        origin.fail = 503
+        failed = await client.get("/doc")
+    assert replaced.content == b"document v2"
+    assert replaced.headers["cache-status"].endswith("fwd=stale; fwd-status=200; detail=no-store")
+    assert origin.conditional_calls["if-none-match"] == 1
+    assert failed.status_code == 503 and failed.content == b"upstream error"
+
+
+async def test_client_max_age_0_answered_not_to_be_stored_drops_the_fresh_entry(
+    cache: RedisCache,
+) -> None:
+    origin = Versioned("max-age=60")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        origin.version, origin.cache_control = 2, "private"
+        forced = await client.get("/doc", headers={"cache-control": "max-age=0"})
+        after = await client.get("/doc")
+    assert forced.content == b"document v2"
+    # Without the drop, this would be a hit on v1, which the origin no longer serves.
+    assert after.content == b"document v2" and "; hit" not in after.headers["cache-status"]
+
+
+async def test_only_the_superseded_variant_is_dropped(cache: RedisCache) -> None:
+    versions = {"en": 1, "fr": 1}
+    policies = dict.fromkeys(versions, "max-age=1, stale-while-revalidate=30")
+
+    async def page(request: Request) -> Response:
+        lang = request.headers["accept-language"]
+        headers = {"cache-control": policies[lang], "vary": "accept-language"}
+        return Response(f"{lang} v{versions[lang]}".encode(), headers=headers)
+
+    app = Starlette(routes=[Route("/page", page)])
+    app.add_middleware(CacheMiddleware, cache=cache, timeout=1.0)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for lang in ("en", "fr"):
+            await client.get("/page", headers={"accept-language": lang})
+        await asyncio.sleep(1.1)
+        versions["en"], policies["en"] = 2, "private"
+        await client.get("/page", headers={"accept-language": "en"})  # stale; refreshed
+        await middleware_of(client).background.drain(5)
+        en = await client.get("/page", headers={"accept-language": "en"})
+        fr = await client.get("/page", headers={"accept-language": "fr"})
+    assert en.content == b"en v2" and "; hit" not in en.headers["cache-status"]
+    assert fr.content == b"fr v1" and fr.headers["cache-status"].endswith("fwd=stale")
+
+
+async def test_drop_entry_keeps_an_entry_stored_since(cache: RedisCache, redis_client: Any) -> None:
+    origin = Versioned("max-age=60")
+    uhash = cache.url_hash("http", b"testserver", "/doc", b"")
+    async with client_for(cache, origin) as client:
+        await client.get("/doc")
+        found = await cache.lookup(uhash, lambda names: [])
+        assert found.entry is not None and found.key is not None
+        # Another request has stored the URL again since this entry was read.
+        assert await cache.drop_entry(uhash, found.key, found.entry.stored_at - 1) is False
+        assert await redis_client.exists(found.key) == 1
+        assert await cache.drop_entry(uhash, found.key, found.entry.stored_at) is True
+        assert await redis_client.exists(found.key) == 0
+        assert "; hit" not in (await client.get("/doc")).headers["cache-status"]
+
+
 async def test_shutdown_with_refresh_in_flight_is_clean(cache: RedisCache) -> None:
     origin = Versioned("max-age=1, stale-while-revalidate=30", delay=0)
     app = Starlette(routes=[Route("/doc", origin.handle)])

@@ -68,6 +68,15 @@ end
 return 0
 """
 
+#: Lua: delete a stored entry (KEYS[1]) only if it is still the one stored at ARGV[2] (field
+#: ARGV[1]), so that an entry another process has stored since is kept; 1 if it went.
+DROP_SCRIPT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('UNLINK', KEYS[1])
+end
+return 0
+"""
+
 #: Lua: a miss's lookup and fill lock in one round trip. The URL's hash if it holds anything
 #: (an entry, a Vary marker or garbage); else ACQUIRE_SCRIPT's answer for the lock, taken
 #: for ARGV[2] ms like there.

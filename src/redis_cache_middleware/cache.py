@@ -43,6 +43,7 @@ from . import entry as entry_codec
 from . import keys
 from ._scripts import (
     ACQUIRE_SCRIPT,
+    DROP_SCRIPT,
     INDEX_SCRIPT,
     LOOKUP_SCRIPT,
     PURGE_MARK_SCRIPT,
@@ -214,6 +215,7 @@ class RedisCache:
         self._lookup_script = client.register_script(LOOKUP_SCRIPT)
         self._mark_script = client.register_script(PURGE_MARK_SCRIPT)
         self._sweep_script = client.register_script(PURGE_SWEEP_SCRIPT)
+        self._drop_script = client.register_script(DROP_SCRIPT)
 
     @classmethod
     def from_url(
@@ -777,6 +779,22 @@ class RedisCache:
             keys=[keys.lock_key(base, fill.variant), keys.pass_key(base)],
             args=[fill.token, int(pass_for * 1000)],
         )
+
+    async def drop_entry(self, uhash: str, key: str, stored_at: float) -> bool:
+        """Delete the entry at ``key`` (a URL's key, or one of its variants' keys) if it is
+        still the one stored at ``stored_at``; return whether it went.
+
+        For an entry the app's newer answer has superseded: an entry stored since by another
+        request is kept. Tag and path index members of the entry are left to expire; a purge
+        that reaches them finds nothing to remove.
+        """
+        result = await self._drop_script(
+            keys=[key], args=[entry_codec.F_STORED_AT, entry_codec.encode_number(stored_at)]
+        )
+        dropped = int(result) == 1
+        if dropped:
+            self._stored_until.pop(uhash, None)  # a hint only: the next lookup may try the lock
+        return dropped
 
     # -- purges ---------------------------------------------------------------------------
 

@@ -78,7 +78,9 @@ class VaryMarker:
     names: tuple[str, ...]
 
 
-def _num(value: float) -> bytes:
+def encode_number(value: float) -> bytes:
+    """Return a number field as stored (``repr``, so that decoding and encoding again gives
+    the same bytes)."""
     return repr(float(value)).encode()
 
 
@@ -89,12 +91,12 @@ def encode(entry: CachedEntry) -> dict[bytes, bytes]:
         F_STATUS: str(entry.status).encode(),
         F_HEADERS: msgpack.packb([[n, v] for n, v in entry.headers], use_bin_type=True),
         F_BODY: entry.body,
-        F_STORED_AT: _num(entry.stored_at),
-        F_FRESH_FOR: _num(entry.fresh_for),
-        F_STALE_FOR: _num(entry.stale_for),
-        F_SWR: _num(entry.stale_while_revalidate),
-        F_SIE: _num(entry.stale_if_error),
-        F_INITIAL_AGE: _num(entry.initial_age),
+        F_STORED_AT: encode_number(entry.stored_at),
+        F_FRESH_FOR: encode_number(entry.fresh_for),
+        F_STALE_FOR: encode_number(entry.stale_for),
+        F_SWR: encode_number(entry.stale_while_revalidate),
+        F_SIE: encode_number(entry.stale_if_error),
+        F_INITIAL_AGE: encode_number(entry.initial_age),
         F_AUTH: b"1" if entry.shared_with_auth else b"0",
         F_TAGS: msgpack.packb(list(entry.tags), use_bin_type=True),
         F_VARY_REQUEST: msgpack.packb(

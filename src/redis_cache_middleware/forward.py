@@ -312,6 +312,8 @@ class Forward:
                 self.outcome = "stored"
             elif self._not_storable():
                 self.outcome = "refused"
+                if self._supersedes_found():
+                    await self.middleware._drop_superseded(self.request)
             else:
                 self.outcome = "other"
         finally:
@@ -324,6 +326,18 @@ class Forward:
         decision = self.decision
         return decision is not None and policy.marks_hit_for_pass(
             self.status, decision, self.request.is_conditional
+        )
+
+    def _supersedes_found(self) -> bool:
+        """Whether the refused response replaces the entry this request found (which then
+        goes, rather than be served stale again): ``policy.supersedes_stored``."""
+        decision = self.decision
+        found = self.request.found
+        return (
+            decision is not None
+            and found is not None
+            and found.entry is not None
+            and policy.supersedes_stored(self.status, decision, self.request.is_conditional)
         )
 
     async def _call_app(self, scope: Scope, receive: Receive) -> None:

@@ -522,6 +522,34 @@ class CacheMiddleware:
             lambda gen: self.cache.release_fill(request.uhash, fill, gen, pass_for=pass_for),
         )
 
+    async def _drop_superseded(self, request: Request) -> None:
+        """Drop the entry the request found: the app's answer to it may not be stored
+        (``no-store``, ``private`` …) and says the entry is out of date (RFC 9111 4.3.3), so
+        it must not be served stale again, in the background refresh's window or as a
+        stale-if-error stand-in. Bounded like every other call; on failure the entry stays."""
+        found = request.found
+        entry = found.entry if found is not None else None
+        if found is None or entry is None or found.key is None:
+            return
+        key = found.key
+        dropped = await guarded(
+            self.cache,
+            self.config.timeout,
+            "drop",
+            lambda: self.cache.drop_entry(request.uhash, key, entry.stored_at),
+        )
+        if dropped is True:
+            # An invalidation by the newer answer: counted like one (and so as a purge).
+            stats = self.cache.stats
+            stats.invalidated += 1
+            stats.purged += 1
+            if request.debug:
+                logger.debug(
+                    "invalidated (superseded by an answer that may not be stored): %s %r",
+                    request.method,
+                    request.path,
+                )
+
     async def _serve_filled(self, request: Request, send: Send, fwd: str) -> bool:
         """Serve the entry another request just filled, if it is there and usable."""
         found = await self._lookup(request)

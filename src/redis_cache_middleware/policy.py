@@ -440,6 +440,27 @@ def marks_hit_for_pass(status: int, decision: StoreDecision, conditional_request
     return not is_error_status(status)
 
 
+#: Refusals that speak of one request rather than of the resource: the credentials it
+#: carried, a cookie set for one user, or the range it asked for.
+PER_REQUEST_REFUSALS = frozenset({"authorization", "set-cookie", "partial"})
+
+
+def supersedes_stored(status: int, decision: StoreDecision, conditional_request: bool) -> bool:
+    """Return whether a response that may not be stored replaces the entry its request found,
+    so that the entry is dropped rather than served stale again.
+
+    A full answer to a request for a stored URL is what the origin says of it now (RFC 9111
+    4.3.3): a ``no-store``, ``private``, ``Vary: *`` or otherwise refused answer means the
+    stored copy is out of date. Not so for the answers that ``marks_hit_for_pass`` ignores,
+    nor for refusals that speak of the one request (``PER_REQUEST_REFUSALS``): an
+    authorised user's answer must not evict the copy every anonymous user is served.
+    """
+    return (
+        marks_hit_for_pass(status, decision, conditional_request)
+        and decision.reason not in PER_REQUEST_REFUSALS
+    )
+
+
 def get_validators(headers: RawHeaders) -> tuple[bytes | None, bytes | None]:
     """Return the ``ETag`` and ``Last-Modified`` of a stored response (None where absent)."""
     etag = last_modified = None

@@ -40,6 +40,7 @@ Metrics (every sample labelled with the cache's ``namespace``):
 ``redis_cache_not_stored_total{reason}``   responses not stored, by reason (``no-store``, ...)
 ``redis_cache_purged_total``               entries removed by purges (and invalidations)
 ``redis_cache_invalidated_total``          entries removed after a successful POST, PUT, ...
+                                           or superseded by an answer not to be stored
 ``redis_cache_redis_errors_total``         Redis errors and timeouts (the cache failed open)
 ``redis_cache_hit_latency_seconds``        summary: ``_count`` hits (as ``hits_total``),
                                            ``_sum`` seconds spent answering them

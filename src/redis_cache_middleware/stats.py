@@ -41,6 +41,8 @@ class CacheStats:
     purged: int = 0
     #: Misses answered by another request's fill (request coalescing).
     collapsed: int = 0
+    #: Entries removed by a successful unsafe request (POST, PUT …) to their URL, or
+    #: superseded by an answer that may not be stored (also counted in ``purged``).
     invalidated: int = 0
     #: Seconds spent answering the ``hit`` requests (lookup to last byte handed to the
     #: server): ``hit`` is their count.
