@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import secrets
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
@@ -34,11 +33,6 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as _timeout
-else:  # pragma: no cover
-    from async_timeout import timeout as _timeout
-
 from . import entry as entry_codec
 from . import keys
 from ._scripts import (
@@ -52,6 +46,7 @@ from ._scripts import (
     RENEW_SCRIPT,
     STORE_SCRIPT,
 )
+from ._timeouts import WAIT_FOR_SWALLOWS_CANCELLATION, run_bounded, sends_under_wait_for
 from .background import BackgroundTasks
 from .breaker import CircuitBreaker
 from .entry import CachedEntry, VaryMarker
@@ -98,8 +93,11 @@ def _admin(
         if self.admin_timeout is None:
             return await method(self, *args, **kwargs)
         try:
-            async with _timeout(self.admin_timeout):
-                return await method(self, *args, **kwargs)
+            return await run_bounded(
+                lambda: method(self, *args, **kwargs),
+                self.admin_timeout,
+                isolate=self.isolate_calls,
+            )
         except asyncio.TimeoutError as exc:  # the builtin TimeoutError on every Python
             raise TimeoutError(f"{method.__name__} took over {self.admin_timeout} s") from exc
 
@@ -205,6 +203,10 @@ class RedisCache:
         #: ``on_purge`` calls for the middleware's invalidations, run behind the response.
         self._hook_calls = BackgroundTasks(MAX_PENDING_HOOKS)
         self._cluster = _is_cluster(client)
+        #: Whether each call is bounded in a task of its own (``_timeouts.run_bounded``):
+        #: on Python < 3.12, for a client that sends under ``asyncio.wait_for`` (one with a
+        #: ``socket_timeout``), whose calls can outlive a timeout in the request's task.
+        self.isolate_calls = WAIT_FOR_SWALLOWS_CANCELLATION and sends_under_wait_for(client)
         self._also_close: list[Any] = []
         self._background: list[tuple[BackgroundTasks, float]] = []
         self._index_script = client.register_script(INDEX_SCRIPT)
@@ -329,11 +331,14 @@ class RedisCache:
         still works (requests fail open until Redis answers). The middleware calls this at
         lifespan startup.
         """
+
+        async def connect() -> None:
+            if self._cluster:
+                await self._client.initialize()
+            await self._current_generation()
+
         try:
-            async with _timeout(timeout):
-                if self._cluster:
-                    await self._client.initialize()
-                await self._current_generation()
+            await run_bounded(connect, timeout, isolate=self.isolate_calls)
         except Exception as exc:
             logger.warning(
                 "redis-cache could not reach Redis at startup (%s: %s); the app serves "

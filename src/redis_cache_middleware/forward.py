@@ -8,27 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from logging import DEBUG
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from redis.exceptions import ResponseError
 
 from . import policy
+from ._timeouts import run_bounded
 from ._types import Message, RawHeaders, Receive, Scope, Send
 from .cache import FillLock, Lookup, PurgeEvent, RedisCache
 from .config import MAX_TAG_LENGTH, MAX_TAGS
 from .entry import CachedEntry
 from .keys import MAX_INDEXED_HOST, normalise_host
 from .stats import RateLimitedWarning, logger
-
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as bounded
-else:  # pragma: no cover - Python 3.10
-    from async_timeout import timeout as bounded
 
 if TYPE_CHECKING:
     from .middleware import CacheMiddleware
@@ -70,18 +65,18 @@ SKIPPED = Skipped()
 
 
 async def guarded(
-    cache: RedisCache, timeout: float, kind: str, call: Callable[[], Awaitable[T]]
+    cache: RedisCache, timeout: float, kind: str, call: Callable[[], Coroutine[Any, Any, T]]
 ) -> T | Skipped:
     """Run one Redis call for the middleware: skipped while the circuit breaker is open,
-    bounded by ``timeout``, any failure logged (rate-limited), counted and returned as
-    ``SKIPPED`` so that the request carries on without the cache."""
+    bounded by ``timeout`` (in a task of its own for clients that need it:
+    ``RedisCache.isolate_calls``), any failure logged (rate-limited), counted and returned
+    as ``SKIPPED`` so that the request carries on without the cache."""
     breaker = cache.breaker
     if not breaker.allow():
         cache.stats.breaker_skipped += 1
         return SKIPPED
     try:
-        async with bounded(timeout):
-            result = await call()
+        result = await run_bounded(call, timeout, isolate=cache.isolate_calls)
     except Exception as exc:
         if isinstance(exc, ResponseError):
             # Redis answered, with an error (OOM under noeviction, WRONGTYPE, READONLY):

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import sys
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from typing import Any
 
 from . import policy
+from ._timeouts import bounded
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .background import BackgroundTasks
 from .cache import ACQUIRED, PASS, FillLock, Lookup, RedisCache, new_token
@@ -65,11 +66,6 @@ from .forward import (
 )
 from .keys import variant_hash
 from .stats import logger
-
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as bounded
-else:  # pragma: no cover - Python 3.10
-    from async_timeout import timeout as bounded
 
 #: Methods whose success invalidates the cached GET of their URL (RFC 9111 4.4).
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -483,7 +479,7 @@ class CacheMiddleware:
                 return "stored"
 
     async def _lock_call(
-        self, request: Request, kind: str, call: Callable[[int], Awaitable[T]]
+        self, request: Request, kind: str, call: Callable[[int], Coroutine[Any, Any, T]]
     ) -> T | None:
         """Run one fill-lock call (``call`` takes the generation the request's keys are in),
         bounded by the timeout; None when Redis failed or the breaker is open."""
