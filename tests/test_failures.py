@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -16,10 +17,14 @@ import redis.asyncio
 from redis_cache_middleware import CacheMiddleware, RedisCache, keys
 from redis_cache_middleware.entry import SCHEMA_VERSION, decode
 
+from . import helpers
 from .conftest import RedisServer
-from .helpers import Origin, Spec, http_scope, make_client
+from .helpers import PRODUCT_TIMEOUT, Origin, Spec, http_scope
 
 pytestmark = pytest.mark.anyio
+
+#: These tests are about the Redis timeout: the product's default, not the suite's.
+make_client = functools.partial(helpers.make_client, timeout=PRODUCT_TIMEOUT)
 
 
 async def _base_key(cache: RedisCache, path: str, query: bytes = b"") -> str:

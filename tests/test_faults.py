@@ -8,6 +8,7 @@ and are stopped in teardown. ``tests/test_failures.py`` holds the simpler fail-o
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import sys
@@ -31,8 +32,9 @@ from redis_cache_middleware.breaker import CLOSED, HALF_OPEN, OPEN
 from redis_cache_middleware.entry import CachedEntry, decode
 from redis_cache_middleware.forward import warn
 
+from . import helpers
 from .conftest import RedisServer
-from .helpers import Origin, Spec, http_scope, make_client
+from .helpers import PRODUCT_TIMEOUT, Origin, Spec, http_scope
 from .tcp_proxy import TcpProxy
 
 if sys.version_info >= (3, 11):
@@ -41,6 +43,9 @@ else:  # pragma: no cover - Python 3.10
     from async_timeout import timeout as deadline
 
 pytestmark = pytest.mark.anyio
+
+#: These tests are about the Redis timeout: the product's default, not the suite's.
+make_client = functools.partial(helpers.make_client, timeout=PRODUCT_TIMEOUT)
 
 #: The middleware's Redis timeout in these tests (its default), and the slack a loaded
 #: 2-core CI machine may add on top of it to one request. A bound, not a benchmark.
