@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote, urlsplit
 from redis.exceptions import ResponseError
 
 from . import policy
-from ._timeouts import run_bounded
+from ._timeouts import bounded, run_bounded
 from ._types import Message, RawHeaders, Receive, Scope, Send
 from .cache import FillLock, Lookup, PurgeEvent, RedisCache
 from .config import MAX_TAG_LENGTH, MAX_TAGS
@@ -76,7 +76,12 @@ async def guarded(
         cache.stats.breaker_skipped += 1
         return SKIPPED
     try:
-        result = await run_bounded(call, timeout, isolate=cache.isolate_calls)
+        if cache.isolate_calls:
+            result = await run_bounded(call, timeout, isolate=True)
+        else:
+            # run_bounded's other way, inlined: one coroutine frame less on every hit.
+            async with bounded(timeout):
+                result = await call()
     except Exception as exc:
         if isinstance(exc, ResponseError):
             # Redis answered, with an error (OOM under noeviction, WRONGTYPE, READONLY):
