@@ -312,7 +312,11 @@ class Forward:
                 self.outcome = "stored"
             elif self._not_storable():
                 self.outcome = "refused"
-                if self._supersedes_found():
+                decision = self.decision
+                if decision is not None and policy.supersedes_stored(
+                    self.status, decision, self.request.is_conditional
+                ):
+                    # The entry this request found, if any, is out of date: it goes.
                     await self.middleware._drop_superseded(self.request)
             else:
                 self.outcome = "other"
@@ -326,18 +330,6 @@ class Forward:
         decision = self.decision
         return decision is not None and policy.marks_hit_for_pass(
             self.status, decision, self.request.is_conditional
-        )
-
-    def _supersedes_found(self) -> bool:
-        """Whether the refused response replaces the entry this request found (which then
-        goes, rather than be served stale again): ``policy.supersedes_stored``."""
-        decision = self.decision
-        found = self.request.found
-        return (
-            decision is not None
-            and found is not None
-            and found.entry is not None
-            and policy.supersedes_stored(self.status, decision, self.request.is_conditional)
         )
 
     async def _call_app(self, scope: Scope, receive: Receive) -> None:
