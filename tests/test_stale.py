@@ -193,9 +193,19 @@ async def test_swr_from_config_default(cache: RedisCache) -> None:
     async with client_for(cache, origin, stale_while_revalidate=30) as client:
         await client.get("/doc")
         await asyncio.sleep(1.1)
-        r = await client.get("/doc")
+        origin.version = 2
+        stale = await client.get("/doc")
         await wait_for_refreshes(client)
-    assert r.headers["cache-status"].endswith("fwd=stale")
+        refreshed = await client.get("/doc")
+    # The option's window answers at once from the stale entry ...
+    assert stale.content == b"document v1"
+    assert stale.headers["cache-status"].startswith("redis-cache; hit; ")
+    assert stale.headers["cache-status"].endswith("; fwd=stale")
+    # ... and a background refresh (one conditional call) stored v2 behind it.
+    assert origin.calls == 2
+    assert origin.conditional_calls["if-none-match"] == 1
+    assert refreshed.content == b"document v2"
+    assert refreshed.headers["cache-status"].startswith("redis-cache; hit; ttl=")
 
 
 async def test_swr_past_window_goes_to_app(cache: RedisCache) -> None:
@@ -415,10 +425,22 @@ async def test_aclose_drains_refreshes(redis_client: Any, namespace: str) -> Non
     async with client_for(cache, origin, shutdown_timeout=0.1) as client:
         await client.get("/doc")
         await asyncio.sleep(1.1)
-        origin.delay = 10
-        await client.get("/doc")
+        origin.gate = asyncio.Event()  # the refresh's app call is held: never set
+        stale = await client.get("/doc")
+        background = middleware_of(client).background
+        # The stale answer started one refresh, which is now inside the app, held.
+        for _ in range(100):
+            if origin.calls == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert stale.headers["cache-status"].endswith("; fwd=stale")
+        assert origin.calls == 2 and len(background) == 1
+        started = time.monotonic()
         await cache.aclose()
-        assert len(middleware_of(client).background) == 0
+        # aclose waited shutdown_timeout for it, then cancelled it: nothing is left running.
+        assert len(background) == 0
+        assert time.monotonic() - started < 5
+        assert origin.version == 1 and cache.stats.stored == 1
 
 
 async def test_refreshes_are_bounded(cache: RedisCache) -> None:
@@ -548,7 +570,16 @@ async def test_head_conditional_hit(cache: RedisCache) -> None:
     async with client_for(cache, origin) as client:
         await client.get("/doc")
         r = await client.head("/doc", headers={"if-none-match": '"v1"'})
-    assert r.status_code == 304
+        other = await client.head("/doc", headers={"if-none-match": '"v0"'})
+    # Both answered from the GET entry: the app saw only the first GET.
+    assert origin.calls == 1 and not origin.conditional_calls
+    assert r.status_code == 304 and r.content == b""
+    assert r.headers["etag"] == '"v1"'
+    assert r.headers["cache-status"].startswith("redis-cache; hit; ttl=")
+    # A validator that does not match gets the full headers, still without a body.
+    assert other.status_code == 200 and other.content == b""
+    assert other.headers["content-length"] == str(len(b"document v1"))
+    assert other.headers["cache-status"].startswith("redis-cache; hit; ttl=")
 
 
 @pytest.mark.parametrize("validator", ["etag", "last-modified"])
@@ -624,8 +655,15 @@ async def test_client_conditional_passes_through_on_stale(cache: RedisCache) -> 
         await client.get("/doc")
         await asyncio.sleep(1.1)
         r = await client.get("/doc", headers={"if-none-match": '"v1"'})
-    # The client's own validator goes to the app, whose 304 goes back to the client.
-    assert r.status_code == 304
+        again = await client.get("/doc", headers={"if-none-match": '"v1"'})
+    # The client's own validator goes to the app, whose 304 goes back to the client: the
+    # stale entry does not answer it, and a 304 for one client is not stored for others.
+    assert origin.calls == 3
+    assert origin.conditional_calls["if-none-match"] == 2
+    assert r.status_code == 304 and r.content == b""
+    assert r.headers["cache-status"] == "redis-cache; fwd=stale; fwd-status=304; detail=status"
+    assert again.status_code == 304
+    assert "hit" not in again.headers["cache-status"]
 
 
 async def test_add_etag_option(cache: RedisCache) -> None:
