@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -687,19 +687,41 @@ async def test_head_and_only_if_cached_take_no_lock(cache: RedisCache, redis_cli
 
 # INFO commandstats is a real single Redis's: fakeredis has none, a cluster spreads them.
 @pytest.mark.parametrize("backend", ["redis"], indirect=True)
-async def test_hits_on_a_url_seen_stored_are_one_plain_hgetall(
-    cache: RedisCache, redis_client: Any
+async def test_hits_on_a_url_seen_stored_are_one_read_script_call(
+    cache: RedisCache, redis_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # One command, one round trip per hit: an EVALSHA of READ_SCRIPT (the entry's fields and
+    # its PTTL, inside the script), no lock, no pipeline.
+    from redis_cache_middleware._scripts import READ_SCRIPT
+
     origin = Origin()
+    sent: list[tuple[Any, ...]] = []
+    send = redis_client.execute_command
+
+    async def spy(*args: Any, **options: Any) -> Any:
+        sent.append(args)
+        return await send(*args, **options)
+
     async with make_client(cache, origin, default_ttl=60) as client:
         await client.get("/seen")  # stored by this process: it knows the URL is there
+        await client.get("/seen")  # the first hit may also read the generation
         await redis_client.config_resetstat()
+        monkeypatch.setattr(redis_client, "execute_command", spy)
         for _ in range(20):
             response = await client.get("/seen")
             assert "hit" in response.headers["cache-status"]
+        monkeypatch.undo()
     stats = await redis_client.info("commandstats")
-    assert stats["cmdstat_hgetall"]["calls"] == 20
-    assert "cmdstat_evalsha" not in stats and "cmdstat_set" not in stats
+    assert stats["cmdstat_evalsha"]["calls"] == 20
+    # Called by the script, not sent: its TYPE, HGETALL and PTTL, one each per hit.
+    in_script = {"type", "hgetall", "pttl"}
+    assert {name: stats[f"cmdstat_{name}"]["calls"] for name in in_script} == dict.fromkeys(
+        in_script, 20
+    )
+    sent_names = {name.removeprefix("cmdstat_") for name in stats} - in_script
+    assert sent_names == {"evalsha", "config|resetstat"}
+    read_sha = redis_client.register_script(READ_SCRIPT).sha
+    assert [(a[0], a[1], a[2]) for a in sent] == [("EVALSHA", read_sha, 1)] * 20
 
 
 def test_fill_tokens_are_unique_and_name_the_process() -> None:
@@ -713,3 +735,264 @@ def test_fill_tokens_are_unique_and_name_the_process() -> None:
     assert len(prefix) == 12 and int(pid, 16) == os.getpid()
     # Forked workers share the random prefix: the process id keeps their tokens apart.
     assert all(t.startswith(f"{prefix}.{pid}.") for t in tokens)
+
+
+# -- waiters whose coalesce_timeout runs out: one takes the fill over ------------------------
+
+
+class GatedOrigin(Origin):
+    """Numbers its calls (body ``call=N``, stored for a minute) and notes when (wall clock)
+    it produced each answer; the calls numbered in ``held`` wait at ``gate`` first."""
+
+    def __init__(self, held: Collection[int] = (1,)) -> None:
+        super().__init__()
+        self.held = set(held)
+        self.gate = asyncio.Event()
+        self.at_gate = asyncio.Event()
+        self.produced: dict[int, float] = {}
+
+    async def respond(self, request: Any) -> Any:
+        path = request.url.path
+        self.calls[path] += 1
+        number = self.calls[path]
+        if number in self.held:
+            self.at_gate.set()
+            await self.gate.wait()
+        self.produced[number] = time.time()
+        return Response(f"call={number}".encode(), headers={"cache-control": "max-age=60"})
+
+
+def call_number(response: httpx.Response) -> int:
+    return int(response.content.decode().removeprefix("call="))
+
+
+#: coalesce_timeout in the takeover tests: small, so the test is short, yet its fill lock
+#: (lock_ttl_for: 0.25 s) is renewed often enough on a loaded machine.
+WINDOW = 0.5
+
+
+@pytest.mark.parametrize("later_calls", ["fast", "held"])
+async def test_waiters_past_coalesce_timeout_take_the_fill_over_one_at_a_time(
+    cache: RedisCache, later_calls: str
+) -> None:
+    """50 concurrent misses; the first app call takes 2.5 coalesce_timeouts. At each timeout
+    one waiter takes the fill over and the others wait for it: at most one more app call per
+    timeout (before takeovers: all 49 waiters went to the app at the first one). Fast later
+    calls serve every waiter at the first timeout, long before the first call ends."""
+    origin = GatedOrigin(held=range(1, 100) if later_calls == "held" else (1,))
+    async with (
+        deadline(20),
+        make_client(cache, origin, default_ttl=60, coalesce_timeout=WINDOW) as client,
+    ):
+        requests = [asyncio.ensure_future(client.get("/slow")) for _ in range(50)]
+        await origin.at_gate.wait()
+        await asyncio.sleep(2.5 * WINDOW)
+        done_before_gate = sum(r.done() for r in requests)
+        calls_before_gate = origin.calls["/slow"]
+        origin.gate.set()
+        responses = await asyncio.gather(*requests)
+    assert {r.status_code for r in responses} == {200}
+    # The first call and one per elapsed coalesce_timeout (two of them), at most.
+    assert origin.calls["/slow"] <= 3, origin.calls
+    assert calls_before_gate >= 2  # the waiters did not just wait for the first call
+    statuses = [r.headers["cache-status"] for r in responses]
+    assert sum("collapsed" in s for s in statuses) >= len(responses) - 3, statuses
+    if later_calls == "fast":
+        assert origin.calls["/slow"] == 2
+        assert done_before_gate == 49  # all but the first, served by the takeover's fill
+
+
+@pytest.mark.parametrize("later_calls", ["fast", "held"])
+async def test_takeover_across_processes_one_waiter_for_all(
+    cache: RedisCache, backend_url: str, namespace: str, later_calls: str
+) -> None:
+    """Two middlewares over two clients of one Redis stand for two workers, 25 requests each,
+    for a URL whose first app call takes 2.5 coalesce_timeouts: one waiter of either takes
+    the fill over at each timeout, and its entry serves the other's waiters too (those of
+    the first worker, which follow its slow fill, through a look in Redis)."""
+    origin = GatedOrigin(held=range(1, 100) if later_calls == "held" else (1,))
+    async with (
+        deadline(30),
+        RedisCache.from_url(backend_url, namespace=namespace) as other,
+    ):
+        await other.warm_up()
+        async with (
+            make_client(cache, origin, default_ttl=60, coalesce_timeout=WINDOW) as one,
+            make_client(other, origin, default_ttl=60, coalesce_timeout=WINDOW) as two,
+        ):
+            requests = [asyncio.ensure_future(one.get("/both"))]
+            await origin.at_gate.wait()  # the first process fills, and holds the lock
+            requests += [asyncio.ensure_future(c.get("/both")) for c in (one, two) * 25]
+            await asyncio.sleep(2.5 * WINDOW)
+            done_before_gate = sum(r.done() for r in requests)
+            origin.gate.set()
+            responses = await asyncio.gather(*requests)
+    assert {r.status_code for r in responses} == {200}
+    assert origin.calls["/both"] <= 3, origin.calls  # not 51
+    statuses = [r.headers["cache-status"] for r in responses]
+    assert sum("collapsed" in s for s in statuses) >= len(responses) - 3, statuses
+    if later_calls == "fast":
+        assert origin.calls["/both"] == 2
+        assert done_before_gate == 50
+
+
+async def test_takeover_without_redis_is_decided_in_the_process(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The takeover call fails (Redis gone after the fill began): the first waiter of the
+    process to time out takes the fill over, the others wait for it."""
+
+    async def down(*args: Any, **kwargs: Any) -> int:
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(cache, "take_over_fill", down)
+    origin = GatedOrigin()
+    async with (
+        deadline(20),
+        make_client(cache, origin, default_ttl=60, coalesce_timeout=WINDOW) as client,
+    ):
+        requests = [asyncio.ensure_future(client.get("/alone")) for _ in range(20)]
+        await origin.at_gate.wait()
+        await asyncio.sleep(1.5 * WINDOW)
+        origin.gate.set()
+        responses = await asyncio.gather(*requests)
+    assert {r.status_code for r in responses} == {200}
+    assert origin.calls["/alone"] == 2, origin.calls
+
+
+# -- requests no-cache: coalesced, each answered by a response produced after it came ------
+
+
+async def came_in(cache: RedisCache, count: int) -> None:
+    """Wait until ``count`` requests that skip the lookup (``stats.bypass``) have come in, and
+    a little longer, so that each has gone as far as it goes without the app."""
+    for _ in range(2000):
+        if cache.stats.bypass >= count:
+            await asyncio.sleep(0.2)
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{cache.stats.bypass} of {count} requests came in")
+
+
+NO_CACHE = {"cache-control": {"cache-control": "no-cache"}, "pragma": {"pragma": "no-cache"}}
+
+
+@pytest.mark.parametrize("header", sorted(NO_CACHE))
+async def test_concurrent_no_cache_requests_share_one_app_call(
+    cache: RedisCache, header: str
+) -> None:
+    """200 concurrent requests no-cache for a URL with a fresh entry, the app call held: one
+    app call answers them all (before: one each, 200), each with a response produced after
+    it arrived, never the entry it found. A plain request after them hits the refilled
+    entry; a no-cache request after that gets an app call of its own."""
+    origin = GatedOrigin(held=(2,))
+    forced = NO_CACHE[header]
+    async with deadline(30), make_client(cache, origin, default_ttl=60) as client:
+        warm = await client.get("/nc")  # call 1, stored
+        sent = time.time()
+        requests = [asyncio.ensure_future(client.get("/nc", headers=forced)) for _ in range(200)]
+        await origin.at_gate.wait()
+        await came_in(cache, 200)
+        origin.gate.set()
+        responses = await asyncio.gather(*requests)
+        calls = origin.calls["/nc"] - 1
+        plain = await client.get("/nc")
+        again = await client.get("/nc", headers=forced)
+    assert call_number(warm) == 1
+    assert {r.status_code for r in responses} == {200}
+    # One call in flight, and at most one more for requests that came in after its answer
+    # was produced (none here: all came in before the gate opened).
+    assert calls <= 2, origin.calls
+    numbers = {call_number(r) for r in responses}
+    assert 1 not in numbers and all(origin.produced[n] >= sent for n in numbers)
+    statuses = [r.headers["cache-status"] for r in responses]
+    stored = "redis-cache; fwd=request; fwd-status=200; stored"
+    assert sum(s.startswith(stored) for s in statuses) == calls
+    collapsed = [s for s in statuses if "collapsed" in s]
+    assert len(collapsed) == 200 - calls
+    assert all(
+        s.startswith("redis-cache; fwd=request; fwd-status=200; collapsed") for s in collapsed
+    )
+    assert cache.stats.bypass == 201
+    assert "; hit; " in plain.headers["cache-status"] and call_number(plain) in numbers
+    assert call_number(again) == 2 + calls and "stored" in again.headers["cache-status"]
+
+
+async def test_no_cache_requests_after_the_answer_wait_for_the_next_fill(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests no-cache that come in after the app produced the answer being stored (but
+    before it is stored) are not served with it: one more app call serves all of them."""
+    origin = GatedOrigin(held=())
+    store = cache.store
+    storing = asyncio.Event()
+    resume = asyncio.Event()
+
+    async def slow_first_store(*args: Any, **kwargs: Any) -> None:
+        if not storing.is_set():
+            storing.set()
+            await resume.wait()
+        await store(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "store", slow_first_store)
+    forced = NO_CACHE["cache-control"]
+    async with deadline(30), make_client(cache, origin, default_ttl=60) as client:
+        early = [asyncio.ensure_future(client.get("/late", headers=forced)) for _ in range(20)]
+        await storing.wait()  # call 1 answered; its store is held
+        late = [asyncio.ensure_future(client.get("/late", headers=forced)) for _ in range(20)]
+        await came_in(cache, 40)
+        resume.set()
+        early_responses = await asyncio.gather(*early)
+        late_responses = await asyncio.gather(*late)
+    assert origin.calls["/late"] == 2, origin.calls
+    assert {call_number(r) for r in early_responses} == {1}
+    assert {call_number(r) for r in late_responses} == {2}
+    assert sum("collapsed" in r.headers["cache-status"] for r in late_responses) == 19
+
+
+async def test_no_cache_requests_coalesced_across_processes(cache: RedisCache) -> None:
+    """Two middlewares stand for two processes, 50 requests no-cache each, the app call held:
+    one app call answers all of them, through the fill lock."""
+    origin = GatedOrigin(held=(2,))
+    forced = NO_CACHE["cache-control"]
+    async with (
+        deadline(30),
+        make_client(cache, origin, default_ttl=60) as one,
+        make_client(cache, origin, default_ttl=60) as two,
+    ):
+        await one.get("/nc2")  # call 1, stored
+        requests = [asyncio.ensure_future(c.get("/nc2", headers=forced)) for c in (one, two) * 50]
+        await origin.at_gate.wait()
+        await came_in(cache, 100)
+        origin.gate.set()
+        responses = await asyncio.gather(*requests)
+    assert origin.calls["/nc2"] == 2, origin.calls
+    assert {call_number(r) for r in responses} == {2}
+    assert sum("collapsed" in r.headers["cache-status"] for r in responses) == 99
+
+
+async def test_take_over_fill_once_per_window(cache: RedisCache, redis_client: Any) -> None:
+    """The takeover script: the lock becomes the taker's whoever held it (the slow owner's
+    renewals and release leave it alone), at most once per window; hit-for-pass wins."""
+    from redis_cache_middleware.cache import ACQUIRED, HELD, PASS
+
+    uhash = cache.url_hash("http", b"testserver", "/to", b"")
+    lock = lock_of(cache, "/to")
+    slow = FillLock("", "slow")
+    assert await cache.acquire_fill(uhash, slow, 60, 0) == ACQUIRED
+    assert await cache.take_over_fill(uhash, FillLock("", "a"), 5, 0.5, 0) == ACQUIRED
+    assert await redis_client.get(lock) == b"a"
+    assert 0 < await redis_client.pttl(lock) <= 5000
+    assert await cache.take_over_fill(uhash, FillLock("", "b"), 5, 0.5, 0) == HELD
+    assert not await cache.renew_fill(uhash, slow, 60, 0)
+    await cache.release_fill(uhash, slow, 0)
+    assert await redis_client.get(lock) == b"a"
+    await asyncio.sleep(0.6)  # the window is over
+    assert await cache.take_over_fill(uhash, FillLock("", "b"), 5, 0.5, 0) == ACQUIRED
+    assert await redis_client.get(lock) == b"b"
+    takeover = keys.takeover_key(base_of(cache, "/to"))
+    assert keys.takeover_key(base_of(cache, "/to"), "vh") != takeover
+    await cache.release_fill(uhash, FillLock("", "b"), 0, pass_for=5)
+    await redis_client.delete(takeover)
+    assert await cache.take_over_fill(uhash, FillLock("", "c"), 5, 0.5, 0) == PASS
+    assert await redis_client.get(lock) is None

@@ -113,6 +113,18 @@ def names_option(option: str) -> str:
         pytest.param("tag_rules", {"": ["t"]}, id="tag_rules-empty-pattern"),
         pytest.param("keep_tag_header", "no", id="keep_tag_header-str"),
         pytest.param("invalidate_on_unsafe", 0, id="invalidate_on_unsafe-int"),
+        pytest.param("invalidate_locations", "yes", id="invalidate_locations-str"),
+        pytest.param("share_cookie_requests", 1, id="share_cookie_requests-int"),
+        pytest.param("ignore_cookies", "_ga", id="ignore_cookies-bare-string"),
+        pytest.param("ignore_cookies", ["a=b"], id="ignore_cookies-not-a-name"),
+        pytest.param("ignore_cookies", [""], id="ignore_cookies-empty"),
+        pytest.param("credential_headers", "X-Api-Key", id="credential_headers-bare-string"),
+        pytest.param("credential_headers", ["X Api"], id="credential_headers-not-a-name"),
+        pytest.param(
+            "credential_headers", ["Authorization"], id="credential_headers-authorization"
+        ),
+        pytest.param("error_ttl", -1, id="error_ttl-negative"),
+        pytest.param("error_ttl", "10", id="error_ttl-str"),
     ],
 )
 def test_middleware_bad_option_raises(cache: RedisCache, option: str, value: object) -> None:
@@ -215,6 +227,11 @@ MIDDLEWARE_DEFAULTS: dict[str, object] = {
     "hit_for_pass_ttl": 10,
     "max_background_refreshes": 32,
     "shutdown_timeout": 5,
+    "share_cookie_requests": False,
+    "ignore_cookies": (),
+    "credential_headers": (),
+    "error_ttl": 10,
+    "invalidate_locations": True,
 }
 
 

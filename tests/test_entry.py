@@ -20,6 +20,7 @@ from redis_cache_middleware.entry import (
     F_VARY,
     F_VARY_REQUEST,
     F_VERSION,
+    NEVER_STORED,
     REDACTED,
     REDACTED_HEADERS,
     SCHEMA_VERSION,
@@ -53,7 +54,7 @@ ENTRY = CachedEntry(
     headers=[
         (b"content-type", b"application/octet-stream"),
         (b"set-cookie", b"a=1"),
-        (b"x-binary", b"\x00\xff\r\n"),
+        (b"x-binary", b"\t\x80\xff \x7e"),  # HTAB, obs-text, SP, VCHAR: all a value may hold
         (b"set-cookie", b"b=2"),
         (b"content-length", str(len(BODY)).encode()),
     ],
@@ -116,7 +117,7 @@ def fields_without(name: bytes) -> Fields:
         pytest.param(
             CachedEntry(
                 status=200,
-                headers=[(b"b", b""), (b"a", b""), (b"", b"")],
+                headers=[(b"b", b""), (b"a", b""), (b"c", b"")],
                 body=b"\x00" * 10,
                 stored_at=1e10,
                 fresh_for=2147483648.0,
@@ -127,13 +128,13 @@ def fields_without(name: bytes) -> Fields:
         ),
         pytest.param(
             CachedEntry(
-                status=100, headers=[], body=b"", stored_at=0.0, fresh_for=0.0, tags=("t",)
+                status=200, headers=[], body=b"", stored_at=0.0, fresh_for=0.0, tags=("t",)
             ),
-            id="status-100",
+            id="status-200",
         ),
         pytest.param(
-            CachedEntry(status=999, headers=[], body=b"x", stored_at=0.0, fresh_for=0.0),
-            id="status-999",
+            CachedEntry(status=599, headers=[], body=b"x", stored_at=0.0, fresh_for=0.0),
+            id="status-599",
         ),
         pytest.param(
             CachedEntry(
@@ -219,7 +220,11 @@ def test_decode_missing_field_is_none(name: bytes) -> None:
 
 @pytest.mark.parametrize(
     "status",
-    [b"", b"abc", b"200.0", b"2e2", b"0x10", b"99", b"0", b"1000", b"-200", b"\xff"],
+    [
+        *(b"", b"abc", b"200.0", b"2e2", b"0x10", b"99", b"0", b"1000", b"-200", b"\xff"),
+        # Not a final status (RFC 9110 15): a server cannot send it as a response's status.
+        *(b"100", b"101", b"199", b"600", b"999"),
+    ],
 )
 def test_decode_bad_status_is_none(status: bytes) -> None:
     assert decode(fields_with(status=status)) is None
@@ -334,11 +339,60 @@ def test_decode_content_length_agreeing(content_length: bytes) -> None:
     assert decoded.body == b"abcd"
 
 
-def test_decode_only_first_content_length_checked() -> None:
+@pytest.mark.parametrize("second", [b"9", b"4"])
+def test_decode_two_content_lengths_is_none(second: bytes) -> None:
+    # Even two that agree: we never store two, and a server refuses to send them.
     headers = msgpack.packb(
-        [[b"content-length", b"4"], [b"content-length", b"9"]], use_bin_type=True
+        [[b"content-length", b"4"], [b"content-length", second]], use_bin_type=True
     )
-    assert isinstance(decode(fields_with(headers=headers, body=b"abcd")), CachedEntry)
+    assert decode(fields_with(headers=headers, body=b"abcd")) is None
+
+
+#: Header lines no server can send as they are (RFC 9110 5.1, 5.5, 7.6.1): the entry is
+#: not ours (forged or damaged), and replaying it would break the client's connection.
+UNSENDABLE_HEADERS = [
+    pytest.param(b"x-a", b"1\r\nset-cookie: s=1", id="crlf-in-value"),
+    pytest.param(b"x-a", b"1\r", id="cr-in-value"),
+    pytest.param(b"x-a", b"1\n", id="lf-in-value"),
+    pytest.param(b"x-a", b"a\x00b", id="nul-in-value"),
+    pytest.param(b"x-a", b"\x01", id="soh-in-value"),
+    pytest.param(b"x-a", b"\x1f", id="us-in-value"),
+    pytest.param(b"x-a", b"a\x7fb", id="del-in-value"),
+    pytest.param(b"x a", b"1", id="space-in-name"),
+    pytest.param(b"x:a", b"1", id="colon-in-name"),
+    pytest.param(b"x-a:", b"1", id="colon-ending-name"),
+    pytest.param(b"", b"1", id="empty-name"),
+    pytest.param(b"x\ra", b"1", id="cr-in-name"),
+    pytest.param(b"x\x00", b"1", id="nul-in-name"),
+    pytest.param(b"X-A", b"1", id="uppercase-name"),
+    pytest.param(b"x\xe9", b"1", id="non-ascii-name"),
+    pytest.param(b"(x)", b"1", id="separator-in-name"),
+    *(
+        pytest.param(name, b"chunked", id=f"{name.decode()}-stored")
+        for name in sorted(NEVER_STORED)
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), UNSENDABLE_HEADERS)
+def test_decode_unsendable_header_is_none(name: bytes, value: bytes) -> None:
+    headers = [[b"content-type", b"text/plain"], [name, value], [b"x-b", b"2"]]
+    fields = fields_with(headers=msgpack.packb(headers, use_bin_type=True))
+    assert decode(fields) is None
+    # The same line made sendable is read: only the bad byte (or name) is refused.
+    headers[1] = [b"x-a", b"1"]
+    assert isinstance(decode(fields_with(headers=msgpack.packb(headers))), CachedEntry)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"", b" padded ", b"\ttabbed\t", b"caf\xe9", b"\x80\xff", b'"W/x", a=b; c', b"~!@#$%^&*()"],
+)
+def test_decode_sendable_header_values_are_kept(value: bytes) -> None:
+    headers = msgpack.packb([[b"x-a", value]], use_bin_type=True)
+    decoded = decode(fields_with(headers=headers))
+    assert isinstance(decoded, CachedEntry)
+    assert decoded.headers == [(b"x-a", value)]
 
 
 def test_decode_body_without_content_length_accepted() -> None:
@@ -366,6 +420,11 @@ def test_decode_auth_only_one_is_true(auth: bytes) -> None:
         pytest.param(b"", id="empty"),
         pytest.param(b"\x91\xa1\xff", id="invalid-utf8"),
         pytest.param(b"\x92\xa6accept", id="truncated"),
+        pytest.param(msgpack.packb(["accept language"]), id="space-in-name"),
+        pytest.param(msgpack.packb(["accept\r\nx"]), id="crlf-in-name"),
+        pytest.param(msgpack.packb(["x:y"]), id="colon-in-name"),
+        pytest.param(msgpack.packb([""]), id="empty-name"),
+        pytest.param(msgpack.packb(["Accept"]), id="uppercase-name"),
     ],
 )
 def test_decode_bad_marker_is_none(vary: bytes) -> None:

@@ -33,6 +33,7 @@ from redis_cache_middleware.policy import (
     parse_http_date,
     parse_request,
     parse_vary,
+    private_request_refusal,
     supersedes_stored,
 )
 
@@ -1006,6 +1007,104 @@ def test_marks_hit_for_pass(status: int, conditional: bool, marks: bool) -> None
     assert (
         marks_hit_for_pass(status, StoreDecision(store=True, reason="stored"), conditional) is False
     )
+
+
+@pytest.mark.parametrize(
+    ("reason", "marks"),
+    [
+        pytest.param("authorization", False, id="authorization"),
+        pytest.param("cookie", False, id="cookie"),
+        pytest.param("credentials", False, id="credentials"),
+        pytest.param("partial", False, id="partial"),
+        pytest.param("set-cookie", True, id="set-cookie"),
+        pytest.param("no-store", True, id="no-store"),
+        pytest.param("private", True, id="private"),
+    ],
+)
+def test_only_refusals_of_the_url_mark_hit_for_pass(reason: str, marks: bool) -> None:
+    # A junk Authorization (or a cookie, a range) on a cold URL says nothing of the URL.
+    assert marks_hit_for_pass(200, StoreDecision(store=False, reason=reason), False) is marks
+
+
+@pytest.mark.parametrize(
+    ("shared", "vary", "cookie", "credentials", "expected"),
+    [
+        pytest.param(False, (), False, (), None, id="anonymous"),
+        pytest.param(False, (), True, (), "cookie", id="cookie"),
+        pytest.param(True, (), True, (), None, id="cookie-public"),
+        pytest.param(False, ("cookie",), True, (), None, id="cookie-vary"),
+        pytest.param(False, ("accept",), True, (), "cookie", id="cookie-other-vary"),
+        pytest.param(False, (), False, ("x-api-key",), "credentials", id="credential"),
+        pytest.param(False, ("x-api-key",), False, ("x-api-key",), None, id="credential-vary"),
+        pytest.param(True, (), False, ("x-api-key",), None, id="credential-public"),
+        pytest.param(
+            False, ("cookie",), True, ("x-api-key",), "credentials", id="cookie-vary-credential"
+        ),
+    ],
+)
+def test_private_request_refusal(
+    shared: bool,
+    vary: tuple[str, ...],
+    cookie: bool,
+    credentials: tuple[str, ...],
+    expected: str | None,
+) -> None:
+    assert private_request_refusal(shared, vary, cookie, credentials) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param([], None, id="none"),
+        pytest.param([cc(b"max-age=60")], "cookie", id="max-age"),
+        pytest.param([cc(b"must-revalidate, max-age=60")], "cookie", id="must-revalidate"),
+        pytest.param([cc(b"public, max-age=60")], "stored", id="public"),
+        pytest.param([cc(b"s-maxage=60")], "stored", id="s-maxage"),
+        pytest.param([cc(b"max-age=60"), (b"vary", b"Cookie")], "stored", id="vary-cookie"),
+        pytest.param([cc(b"private, max-age=60")], "private", id="private-first"),
+    ],
+)
+def test_decide_store_for_a_cookie_request(headers: RawHeaders, expected: str | None) -> None:
+    decision = decide_store(
+        200,
+        headers,
+        now=NOW,
+        default_ttl=60,
+        cacheable_statuses=HEURISTIC_STATUSES,
+        request_has_cookie=True,
+    )
+    assert decision.reason == (expected or "cookie")
+
+
+@pytest.mark.parametrize(
+    ("status", "default_ttl", "error_ttl", "headers", "fresh_for"),
+    [
+        pytest.param(404, 60, 10, [], 10, id="404-capped"),
+        pytest.param(405, 60, 10, [], 10, id="405-capped"),
+        pytest.param(501, 60, 10, [], 10, id="501-capped"),
+        pytest.param(200, 60, 10, [], 60, id="200-not-capped"),
+        pytest.param(301, 60, 10, [], 60, id="301-not-capped"),
+        pytest.param(404, 5, 10, [], 5, id="default-shorter"),
+        pytest.param(404, 60, None, [], 60, id="off"),
+        pytest.param(404, 60, 10, [cc(b"max-age=300")], 300, id="stated-lifetime-wins"),
+    ],
+)
+def test_error_ttl_caps_the_default_lifetime_of_errors(
+    status: int,
+    default_ttl: float,
+    error_ttl: float | None,
+    headers: RawHeaders,
+    fresh_for: float,
+) -> None:
+    decision = decide_store(
+        status,
+        headers,
+        now=NOW,
+        default_ttl=default_ttl,
+        cacheable_statuses=HEURISTIC_STATUSES,
+        error_ttl=error_ttl,
+    )
+    assert decision.store and decision.fresh_for == fresh_for
 
 
 @pytest.mark.parametrize(

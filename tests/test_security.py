@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import shutil
+import socket
 import ssl
 import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -86,6 +90,15 @@ def is_hit(response: httpx.Response) -> bool:
 
 async def namespace_keys(client: Any, namespace: str) -> list[bytes]:
     return [key async for key in client.scan_iter(match=f"{namespace}:*", count=1000)]
+
+
+async def stored_bytes(client: Any, namespace: str) -> bytes:
+    """Return every field value of every hash in the namespace, joined: what Redis holds."""
+    values: list[bytes] = []
+    for key in await namespace_keys(client, namespace):
+        if await client.type(key) == b"hash":
+            values += (await client.hgetall(key)).values()
+    return b"".join(values)
 
 
 # -- cache poisoning: unkeyed headers ------------------------------------------------------
@@ -209,18 +222,483 @@ async def test_vary_on_remedy_keeps_a_reflected_header_to_its_sender(
     assert is_hit(attack_again) and EVIL in attack_again.text
 
 
-async def test_get_body_is_not_keyed(cache: RedisCache) -> None:
-    # The same documented risk for an app that reads the body of a GET ("fat GET").
+async def test_get_with_a_body_is_passed_to_the_app_untouched(cache: RedisCache) -> None:
+    # A "fat GET": the answer depends on a body no key holds. It is neither looked up,
+    # nor stored, nor coalesced: the next plain GET never sees the attacker's body.
     async def respond(request: Request) -> Response:
         return Response(b"results for " + await request.body())
 
     app = Starlette(routes=[Route("/search", respond)])
-    app.add_middleware(CacheMiddleware, cache=cache, default_ttl=60)
+    app.add_middleware(CacheMiddleware, cache=cache, default_ttl=60, timeout=1.0)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=f"http://{SITE}") as client:
-        await client.request("GET", "/search", content=b"<script>evil()</script>")
+        stored = await client.get("/search")
+        attack = await client.request("GET", "/search", content=b"<script>evil()</script>")
         victim = await client.get("/search")
-    assert is_hit(victim) and b"evil()" in victim.content
+    assert status_of(stored).endswith("; stored")
+    assert b"evil()" in attack.content and "cache-status" not in attack.headers
+    assert is_hit(victim) and b"evil()" not in victim.content
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [[(b"content-length", b"5")], [(b"transfer-encoding", b"chunked")]],
+    ids=["content-length", "chunked"],
+)
+async def test_get_with_a_slow_body_holds_no_one(
+    cache: RedisCache, framing: list[tuple[bytes, bytes]]
+) -> None:
+    # A GET whose body never arrives must not hold the URL's fill: plain GETs for the
+    # same cold URL are answered while it waits (before, they waited coalesce_timeout).
+    arrived = asyncio.Event()
+    never = asyncio.Event()
+
+    async def respond(request: Request) -> Response:
+        if request.headers.get("content-length") or request.headers.get("transfer-encoding"):
+            arrived.set()
+            await request.body()
+        return Response(b"plain", headers={"cache-control": "max-age=60"})
+
+    app = Starlette(routes=[Route("/slow", respond)])
+    app.add_middleware(CacheMiddleware, cache=cache, timeout=1.0, coalesce_timeout=30)
+
+    async def stalled_receive() -> Message:
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    scope = http_scope("/slow", SITE)
+    scope["headers"] = [*scope["headers"], *framing]
+    fat = asyncio.ensure_future(app(scope, stalled_receive, _discard))
+    await asyncio.wait_for(arrived.wait(), 5)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{SITE}") as client:
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(client.get("/slow") for _ in range(5))), 5
+        )
+    fat.cancel()
+    assert all(a.content == b"plain" for a in answers)
+
+
+async def _discard(message: Message) -> None:
+    pass
+
+
+# -- cache poisoning: the query, as the client sent it -----------------------------------
+
+
+async def raw_get(
+    app: Any, path: str, query: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one GET as raw ASGI, the query bytes exactly as given; return the answer."""
+    scope = http_scope(path, SITE)
+    scope["query_string"] = query
+    scope["headers"] = [*scope["headers"], *(headers or [])]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = sent[0]
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+def canonical_app(cache: RedisCache, **options: Any) -> Starlette:
+    """An app that reflects its canonical URL, as pages do in ``<link rel=canonical>``."""
+
+    async def page(request: Request) -> Response:
+        return Response(f'<link rel="canonical" href="{request.url}">', media_type="text/html")
+
+    app = Starlette(routes=[Route("/p", page)])
+    app.add_middleware(
+        CacheMiddleware, cache=cache, **{"default_ttl": 60, "timeout": 1.0, **options}
+    )
+    return app
+
+
+async def test_raw_and_escaped_query_do_not_share_a_key(cache: RedisCache) -> None:
+    # A non-browser client sends the markup raw; a browser following the link sends it
+    # escaped. Starlette's request.url keeps the raw query: two pages, two keys.
+    app = canonical_app(cache)
+    _, attack_headers, attack = await raw_get(app, "/p", b'x="><script>alert(1)</script>')
+    _, victim_headers, victim = await raw_get(
+        app, "/p", b"x=%22%3E%3Cscript%3Ealert(1)%3C/script%3E"
+    )
+    assert b"<script>" in attack and attack_headers["cache-status"].endswith("; stored")
+    assert b"<script>" not in victim and "; hit" not in victim_headers["cache-status"]
+    _, again_headers, again = await raw_get(app, "/p", b"x=%22%3E%3Cscript%3Ealert(1)%3C/script%3E")
+    assert "; hit" in again_headers["cache-status"] and b"<script>" not in again
+
+
+@pytest.mark.parametrize(
+    ("stored", "other"),
+    [
+        (b"a=1&b=2", b"b=2&a=1"),
+        (b"q=a+b", b"q=a%20b"),
+        (b"q=%41", b"q=A"),
+    ],
+    ids=["order", "plus-or-escape", "escaped-letter"],
+)
+async def test_queries_the_app_tells_apart_are_not_served_for_each_other(
+    cache: RedisCache, stored: bytes, other: bytes
+) -> None:
+    app = canonical_app(cache)
+    _, _, first = await raw_get(app, "/p", stored)
+    _, headers, second = await raw_get(app, "/p", other)
+    assert "; hit" not in headers["cache-status"]
+    assert first != second  # the app reflected each one as it came
+
+
+async def test_an_ignored_query_parameter_never_reaches_the_app(cache: RedisCache) -> None:
+    # ignore_query_params: the app is handed the query less the ignored parameters, so a
+    # reflected tracking parameter cannot be stored and served to those without it.
+    app = canonical_app(cache, ignore_query_params=["utm_*"])
+    _, attack_headers, attack = await raw_get(app, "/p", b'utm_source="><script>&a=1')
+    _, victim_headers, victim = await raw_get(app, "/p", b"a=1")
+    assert b"<script>" not in attack and b"utm_source" not in attack
+    assert attack_headers["cache-status"].endswith("; stored")
+    assert "; hit" in victim_headers["cache-status"] and victim == attack
+
+
+# -- the same attacks over a real uvicorn, with the README's quick-start settings ----------
+
+
+@pytest.fixture
+def attack_server(redis_server: RedisServer, namespace: str) -> Iterator[tuple[str, int]]:
+    """``tests/attack_app.py`` under a real uvicorn on loopback, on the real Redis."""
+    root = Path(__file__).resolve().parent.parent
+    port = free_port()
+    env = dict(os.environ, REDIS_URL=redis_server.url, E2E_NAMESPACE=namespace)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "src"), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "uvicorn", "tests.attack_app:app", "--host", "127.0.0.1"]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--log-level", "warning"], cwd=root, env=env
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/me", timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("uvicorn did not start") from None
+                time.sleep(0.1)
+        yield "127.0.0.1", port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def raw_http(address: tuple[str, int], request: bytes) -> bytes:
+    """Send raw request bytes (as a non-browser client can) and return the raw answer."""
+    with socket.create_connection(address, timeout=5) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+def test_uvicorn_raw_markup_in_the_query_is_not_served_to_a_link_follower(
+    attack_server: tuple[str, int], backend: str
+) -> None:
+    host, port = attack_server
+    attack = raw_http(
+        attack_server,
+        b'GET /page?x="><script>alert(1)</script> HTTP/1.1\r\n'
+        + f"Host: {host}:{port}\r\nConnection: close\r\n\r\n".encode(),
+    )
+    assert b"<script>alert(1)</script>" in attack and b"stored" in attack
+    with httpx.Client(base_url=f"http://{host}:{port}", timeout=5) as client:
+        # What a browser sends for the same link: the markup escaped.
+        url = "/page?x=%22%3E%3Cscript%3Ealert(1)%3C/script%3E"
+        victim = client.get(url)
+        again = client.get(url)
+    assert b"<script>" not in victim.content and "; hit" not in victim.headers["cache-status"]
+    assert b"<script>" not in again.content and "; hit" in again.headers["cache-status"]
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.parametrize("path", ["/me", "/users/me/x.css", "/users/me;.js"])
+def test_uvicorn_a_session_page_is_not_served_to_anyone_else(
+    attack_server: tuple[str, int], backend: str, path: str
+) -> None:
+    host, port = attack_server
+    with httpx.Client(base_url=f"http://{host}:{port}", timeout=5) as client:
+        alice = client.get(path, headers={"cookie": "sid=alice"})
+        client.cookies.clear()
+        anonymous = client.get(path)
+        anonymous_again = client.get(path)
+    assert "hello alice" in alice.text and alice.headers["cache-status"].endswith("detail=cookie")
+    assert "alice" not in anonymous.text and "alice" not in anonymous_again.text
+    assert "; hit" in anonymous_again.headers["cache-status"]
+
+
+# -- privacy: cookies and credential headers -------------------------------------------------
+
+
+def cookie_client(cache: RedisCache, origin: Origin, **options: Any) -> httpx.AsyncClient:
+    """A client that sends only the cookies a test names (httpx keeps no cookie jar here)."""
+    client = client_for(cache, origin, **options)
+    client.cookies = httpx.Cookies()
+    return client
+
+
+@pytest.mark.parametrize(
+    "origin_headers",
+    [[], [("cache-control", "max-age=60")], [("cache-control", "must-revalidate, max-age=60")]],
+    ids=["default-ttl", "max-age", "must-revalidate"],
+)
+async def test_a_cookie_request_page_is_not_shared(
+    cache: RedisCache, origin_headers: list[tuple[str, str]]
+) -> None:
+    # The README's quick start (default_ttl=60): Alice's page, personalised by her session
+    # cookie, is neither stored nor answered from the cache (Varnish's builtin passes it).
+    origin = Origin(render=lambda r: f"hello {user_of(r)}", headers=origin_headers)
+    async with cookie_client(cache, origin) as client:
+        alice = await client.get("/me", headers={"cookie": "sid=alice"})
+        anonymous = await client.get("/me")
+        alice_again = await client.get("/me", headers={"cookie": "sid=alice"})
+        anonymous_again = await client.get("/me")
+    assert status_of(alice).endswith("detail=cookie") and "hello alice" in alice.text
+    assert "alice" not in anonymous.text and status_of(anonymous).endswith("; stored")
+    assert "hello alice" in alice_again.text and not is_hit(alice_again)
+    assert is_hit(anonymous_again) and "alice" not in anonymous_again.text
+
+
+@pytest.mark.parametrize("path", ["/users/me/x.css", "/users/me;.js"])
+async def test_cache_deception_paths_do_not_leak_a_cookie_page(
+    cache: RedisCache, path: str
+) -> None:
+    # A rule caches "static" paths for an hour; the app routes them to the profile page.
+    origin = Origin(render=lambda r: f"profile of {user_of(r)}")
+    async with cookie_client(cache, origin, rules={"*.css": 3600, "*.js": 3600}) as client:
+        alice = await client.get(path, headers={"cookie": "sid=alice"})
+        attacker = await client.get(path)
+    assert "profile of alice" in alice.text and not status_of(alice).endswith("; stored")
+    assert "alice" not in attacker.text
+
+
+@pytest.mark.parametrize(
+    "cache_control", ["public, max-age=60", "s-maxage=60"], ids=["public", "s-maxage"]
+)
+async def test_an_explicitly_shared_page_is_shared_with_cookie_requests(
+    cache: RedisCache, cache_control: str
+) -> None:
+    origin = Origin(render=lambda r: "news for all", headers=[("cache-control", cache_control)])
+    async with cookie_client(cache, origin) as client:
+        alice = await client.get("/news", headers={"cookie": "sid=alice"})
+        bob = await client.get("/news", headers={"cookie": "sid=bob"})
+        anonymous = await client.get("/news")
+    assert status_of(alice).endswith("; stored") and is_hit(bob) and is_hit(anonymous)
+    assert origin.calls["/news"] == 1
+
+
+async def test_a_page_varying_on_cookie_is_kept_per_cookie(cache: RedisCache) -> None:
+    origin = Origin(
+        render=lambda r: f"hello {user_of(r)}",
+        headers=[("cache-control", "max-age=60"), ("vary", "Cookie")],
+    )
+    async with cookie_client(cache, origin) as client:
+        alice = await client.get("/me", headers={"cookie": "sid=alice"})
+        bob = await client.get("/me", headers={"cookie": "sid=bob"})
+        alice_again = await client.get("/me", headers={"cookie": "sid=alice"})
+    assert status_of(alice).endswith("; stored") and "hello bob" in bob.text
+    assert is_hit(alice_again) and "hello alice" in alice_again.text
+
+
+async def test_ignored_cookies_neither_make_a_request_private_nor_reach_a_key(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    origin = Origin(
+        render=lambda r: "the same for everyone",
+        headers=[("cache-control", "max-age=60"), ("vary", "Cookie")],
+    )
+    async with cookie_client(cache, origin, ignore_cookies=["_ga*", "consent"]) as client:
+        first = await client.get("/doc", headers={"cookie": "_ga=GA1.1; consent=yes"})
+        second = await client.get("/doc", headers={"cookie": "_gat=2; consent=no"})
+        anonymous = await client.get("/doc")
+        session = await client.get("/doc", headers={"cookie": "_ga=GA1.1; sid=alice"})
+    # Only analytics and consent cookies: anonymous, one variant for all three.
+    assert status_of(first).endswith("; stored") and is_hit(second) and is_hit(anonymous)
+    # A session cookie beside them is keyed (Vary: Cookie), the ignored one is not.
+    assert not is_hit(session) and status_of(session).endswith("; stored")
+    assert origin.calls["/doc"] == 2
+    stored = await stored_bytes(redis_client, cache.namespace)
+    assert b"GA1.1" not in stored and b"alice" not in stored
+
+
+async def test_share_cookie_requests_turns_the_rule_off(cache: RedisCache) -> None:
+    origin = Origin(render=lambda r: "no cookies matter here")
+    async with cookie_client(cache, origin, share_cookie_requests=True) as client:
+        first = await client.get("/api", headers={"cookie": "sid=alice"})
+        second = await client.get("/api", headers={"cookie": "sid=bob"})
+    assert status_of(first).endswith("; stored") and is_hit(second)
+
+
+async def test_credential_headers_make_a_request_private(cache: RedisCache) -> None:
+    origin = Origin(
+        render=lambda r: f"keys of {r.headers.get('x-api-key', 'nobody')}",
+        headers=[("cache-control", "max-age=60")],
+    )
+    async with client_for(cache, origin, credential_headers=["X-Api-Key"]) as client:
+        alice = await client.get("/keys", headers={"x-api-key": "alice-key"})
+        anonymous = await client.get("/keys")
+        bob = await client.get("/keys", headers={"x-api-key": "bob-key"})
+    assert status_of(alice).endswith("detail=credentials")
+    assert "alice" not in anonymous.text and status_of(anonymous).endswith("; stored")
+    assert "keys of bob-key" in bob.text and not is_hit(bob)
+
+
+def test_credential_headers_refuse_authorization_and_cookie() -> None:
+    with pytest.raises(ConfigError, match="credential_headers"):
+        CacheMiddleware(
+            app_for(Origin()),
+            cache=RedisCache(redis.asyncio.Redis()),
+            credential_headers=["Cookie"],
+        )
+
+
+# -- hit-for-pass comes from the URL, never from one request ----------------------------------
+
+
+async def test_a_junk_authorization_does_not_turn_coalescing_off(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    gate = asyncio.Event()
+    calls = Counter[str]()
+
+    async def respond(request: Request) -> Response:
+        calls[request.headers.get("authorization", "anonymous")] += 1
+        if "authorization" not in request.headers:
+            await gate.wait()
+        return Response(b"page", headers={"cache-control": "max-age=60"})
+
+    app = Starlette(routes=[Route("/cold", respond)])
+    app.add_middleware(CacheMiddleware, cache=cache, timeout=1.0)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{SITE}") as client:
+        junk = await client.get("/cold", headers={"authorization": "Bearer junk"})
+        base = keys.url_key(
+            cache.namespace, cache.generation, cache.hash_for_url(f"http://{SITE}/cold")
+        )
+        marked = await redis_client.exists(keys.pass_key(base))
+        anonymous = [asyncio.ensure_future(client.get("/cold")) for _ in range(10)]
+        await asyncio.sleep(0.2)
+        gate.set()
+        answers = await asyncio.gather(*anonymous)
+    assert status_of(junk).endswith("detail=authorization") and marked == 0
+    assert all(a.content == b"page" for a in answers)
+    assert calls["anonymous"] == 1
+
+
+# -- error pages have a short default lifetime ------------------------------------------------
+
+
+async def test_an_error_page_pinned_by_an_unkeyed_header_lives_error_ttl(cache: RedisCache) -> None:
+    # An app-side method override turns GET / into a 405; with default_ttl=60 that page
+    # would deny / for a minute. Statuses other than 2xx/3xx get error_ttl (10 s) instead.
+    async def respond(request: Request) -> Response:
+        if request.headers.get("x-http-method-override"):
+            return Response(b"method not allowed", status_code=405)
+        return Response(b"home")
+
+    app = Starlette(routes=[Route("/", respond)])
+    app.add_middleware(CacheMiddleware, cache=cache, default_ttl=60, timeout=1.0)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{SITE}") as client:
+        await client.get("/", headers={"x-http-method-override": "DELETE"})
+        victim = await client.get("/")
+    assert victim.status_code == 405 and is_hit(victim)
+    ttl = int(status_of(victim).split("ttl=")[1].split(";")[0])
+    assert 0 < ttl <= 10
+    [info] = await cache.inspect_url(f"http://{SITE}/")
+    assert info.fresh_for == 10 and info.ttl_left is not None and info.ttl_left <= 10
+
+
+@pytest.mark.parametrize(
+    ("options", "headers", "expected"),
+    [
+        ({"default_ttl": 60}, [], 10),
+        ({"default_ttl": 60, "error_ttl": 2}, [], 2),
+        ({"default_ttl": 60, "error_ttl": None}, [], 60),
+        ({"default_ttl": 5}, [], 5),
+        ({"default_ttl": 60}, [("cache-control", "max-age=60")], 60),
+    ],
+    ids=["default", "shorter", "off", "default-ttl-shorter", "stated-lifetime-kept"],
+)
+async def test_error_ttl_caps_only_the_default_lifetime(
+    cache: RedisCache, options: dict[str, Any], headers: list[tuple[str, str]], expected: int
+) -> None:
+    async def respond(request: Request) -> Response:
+        return Response(b"gone", status_code=404, headers=dict(headers))
+
+    app = Starlette(routes=[Route("/x", respond)])
+    app.add_middleware(CacheMiddleware, cache=cache, timeout=1.0, **options)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{SITE}") as client:
+        await client.get("/x")
+        hit = await client.get("/x")
+    assert is_hit(hit)
+    assert expected - 1 <= int(status_of(hit).split("ttl=")[1].split(";")[0]) <= expected
+
+
+# -- invalidation by Location can be turned off ------------------------------------------------
+
+
+@pytest.mark.parametrize("follow", [True, False], ids=["default", "off"])
+async def test_an_open_redirect_evicts_a_url_only_while_invalidate_locations_is_on(
+    cache: RedisCache, follow: bool
+) -> None:
+    async def respond(request: Request) -> Response:
+        if request.method == "POST":  # an open redirect: Location comes from the client
+            return Response(status_code=303, headers={"location": request.query_params["next"]})
+        return Response(b"victim page", headers={"cache-control": "max-age=60"})
+
+    app = Starlette(routes=[Route("/{p:path}", respond, methods=["GET", "POST"])])
+    app.add_middleware(CacheMiddleware, cache=cache, timeout=1.0, invalidate_locations=follow)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{SITE}") as client:
+        await client.get("/victim")
+        await client.post("/login", params={"next": "/victim"})
+        after = await client.get("/victim")
+    assert is_hit(after) is not follow
+
+
+# -- vary values and everything an entry stores are bounded --------------------------------------
+
+
+async def test_huge_vary_values_are_stored_bounded(cache: RedisCache, redis_client: Any) -> None:
+    # Three 60 KB User-Agents on a 500-byte page varying on it: each entry keeps a bounded
+    # form of the value, not 60 KB for its whole TTL.
+    origin = Origin(
+        render=lambda r: "x" * 500,
+        headers=[("cache-control", "max-age=60"), ("vary", "User-Agent")],
+    )
+    async with client_for(cache, origin) as client:
+        for agent in "abc":
+            answer = await client.get("/page", headers={"user-agent": agent * 60_000})
+            assert status_of(answer).endswith("; stored")
+        again = await client.get("/page", headers={"user-agent": "b" * 60_000})
+    assert is_hit(again)
+    assert len(await stored_bytes(redis_client, cache.namespace)) < 3 * 2_000
+
+
+async def test_tags_count_towards_max_body_size(cache: RedisCache) -> None:
+    tags = " ".join(f"tag-{i:03d}" for i in range(60))  # 420 bytes of tags, 600 of body
+    origin = Origin(
+        render=lambda r: "x" * 600,
+        headers=[("cache-control", "max-age=60"), ("surrogate-key", tags)],
+    )
+    async with client_for(cache, origin, max_body_size=1000) as client:
+        answer = await client.get("/tagged")
+    assert status_of(answer).endswith("detail=too-large")
 
 
 # -- privacy: two users --------------------------------------------------------------------

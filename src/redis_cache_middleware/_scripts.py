@@ -68,6 +68,18 @@ end
 return 0
 """
 
+#: Lua: a waiter whose coalesce_timeout ran out takes the fill over, at most once per ARGV[3]
+#: ms (coalesce_timeout) across all processes: hit-for-pass wins (-1); else, if no takeover
+#: marker (KEYS[2], SET NX PX) says another waiter did in this window, the lock (KEYS[1]) is
+#: made ours for ARGV[2] ms whoever held it (1): the slow owner's renewals and store no longer
+#: touch it; else 0, and the waiter waits again.
+TAKEOVER_SCRIPT = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 #: Lua: delete a stored entry (KEYS[1]) only if it is still the one stored at ARGV[2] (field
 #: ARGV[1]), so that an entry another process has stored since is kept; 1 if it went.
 DROP_SCRIPT = """
@@ -77,12 +89,32 @@ end
 return 0
 """
 
-#: Lua: a miss's lookup and fill lock in one round trip. The URL's hash if it holds anything
-#: (an entry, a Vary marker or garbage); else ACQUIRE_SCRIPT's answer for the lock, taken
-#: for ARGV[2] ms like there.
+#: Lua: a hit's read, one command for one or more keys of one URL (one slot): for each key,
+#: its PTTL and its HGETALL (flat field, value pairs), or 0 for a key holding another type
+#: than a hash. Every key we store has a TTL: a PTTL of -1 says the key is not ours (a miss,
+#: which the next store overwrites).
+READ_SCRIPT = """
+local out = {}
+for _, key in ipairs(KEYS) do
+  local found = 0
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'hash' then
+    found = redis.call('HGETALL', key)
+  elseif kind == 'none' then
+    found = {}
+  end
+  out[#out + 1] = redis.call('PTTL', key)
+  out[#out + 1] = found
+end
+return out
+"""
+
+#: Lua: a miss's lookup and fill lock in one round trip. If the URL's hash holds anything (an
+#: entry, a Vary marker or garbage): its PTTL and its fields, as READ_SCRIPT answers; else
+#: ACQUIRE_SCRIPT's answer for the lock, taken for ARGV[2] ms like there.
 LOOKUP_SCRIPT = """
 local found = redis.call('HGETALL', KEYS[1])
-if #found > 0 then return found end
+if #found > 0 then return {redis.call('PTTL', KEYS[1]), found} end
 if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 if redis.call('PTTL', KEYS[2]) == -1 then redis.call('DEL', KEYS[2]) end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end

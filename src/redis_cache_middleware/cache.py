@@ -25,13 +25,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from . import entry as entry_codec
 from . import keys
@@ -42,9 +42,11 @@ from ._scripts import (
     LOOKUP_SCRIPT,
     PURGE_MARK_SCRIPT,
     PURGE_SWEEP_SCRIPT,
+    READ_SCRIPT,
     RELEASE_SCRIPT,
     RENEW_SCRIPT,
     STORE_SCRIPT,
+    TAKEOVER_SCRIPT,
 )
 from ._timeouts import WAIT_FOR_SWALLOWS_CANCELLATION, run_bounded, sends_under_wait_for
 from .background import BackgroundTasks
@@ -68,6 +70,10 @@ VARY_MEMORY = 4096
 HASH_MEMORY = 4096
 
 METHOD_CLASS_GET = "GET"
+
+#: Characters of a query that ``hash_for_url`` keeps as given: every printable ASCII
+#: character but the space (``%`` too, so that escapes already there stay as they are).
+QUERY_AS_SENT = "".join(chr(c) for c in range(0x21, 0x7F))
 
 #: Most ``on_purge`` calls for invalidations running at once; past it, events are dropped
 #: (with a warning) rather than kept without bound or made to delay responses.
@@ -110,7 +116,8 @@ class Lookup:
 
     ``state`` is ``"hit"`` (``entry`` set), ``"uri-miss"`` (nothing stored for the URL),
     ``"vary-miss"`` (the URL varies and this request's variant is not stored) or ``"corrupt"``
-    (something unreadable is at the key; the next store overwrites it).
+    (something that is not ours is at the key: unreadable, or a hash without a TTL, which
+    our stores always set; the next store overwrites it).
     """
 
     state: str
@@ -213,8 +220,10 @@ class RedisCache:
         self._acquire_script = client.register_script(ACQUIRE_SCRIPT)
         self._release_script = client.register_script(RELEASE_SCRIPT)
         self._renew_script = client.register_script(RENEW_SCRIPT)
+        self._takeover_script = client.register_script(TAKEOVER_SCRIPT)
         self._store_script = client.register_script(STORE_SCRIPT)
         self._lookup_script = client.register_script(LOOKUP_SCRIPT)
+        self._read_script = client.register_script(READ_SCRIPT)
         self._mark_script = client.register_script(PURGE_MARK_SCRIPT)
         self._sweep_script = client.register_script(PURGE_SWEEP_SCRIPT)
         self._drop_script = client.register_script(DROP_SCRIPT)
@@ -375,12 +384,25 @@ class RedisCache:
     # -- keys -----------------------------------------------------------------------------
 
     def ignore_query_params(self, patterns: Sequence[str]) -> None:
-        """Drop query parameters matching these glob patterns from every key (and purge)."""
+        """Drop query parameters matching these glob patterns from every key (and purge).
+
+        The middleware also drops them from the query the app sees (``app_query``), so that
+        an app can never answer differently for requests that share a key.
+        """
         for pattern in patterns:
             if pattern not in self._ignored_query:
                 self._ignored_query.append(pattern)
         self._query_filter = keys.make_query_filter(self._ignored_query)
         self._hash_memo.clear()
+
+    @property
+    def has_ignored_query(self) -> bool:
+        """Return whether any query parameter is ignored (``ignore_query_params``)."""
+        return self._query_filter is not None
+
+    def app_query(self, query_string: bytes) -> bytes:
+        """Return the raw query as keys see it: without the ignored parameters."""
+        return keys.normalise_query(query_string, self._query_filter)
 
     def url_hash(
         self,
@@ -390,12 +412,15 @@ class RedisCache:
         query_string: bytes,
         method: str = "GET",
     ) -> str:
-        """Return the hash naming the keys of a URL, as requested with ``method``."""
+        """Return the hash naming the keys of a URL, as requested with ``method``.
+
+        The query is keyed by its raw bytes (``keys.normalise_query``): never unquoted.
+        """
         method_class = METHOD_CLASS_GET if method in ("GET", "HEAD") else method
         memo_key = (method_class, scheme, host, path, query_string)
         uhash = self._hash_memo.get(memo_key)
         if uhash is None:
-            # Hot URLs skip the query parsing and hashing (a tenth of a hit's CPU).
+            # Hot URLs skip the host normalising and hashing.
             uhash = keys.url_hash(
                 method_class,
                 scheme,
@@ -409,18 +434,22 @@ class RedisCache:
         return uhash
 
     def hash_for_url(self, url: str, method: str = "GET") -> str:
-        """Return the hash naming the keys of an absolute URL (``http://host/path?query``)."""
+        """Return the hash naming the keys of an absolute URL (``http://host/path?query``).
+
+        The path is compared decoded (as ASGI servers give it); the query byte for byte as
+        clients send it, percent-escapes included: ``?q=a%20b`` is not ``?q=a+b``. Spaces and
+        non-ASCII characters in the given query are percent-encoded as UTF-8 first, as every
+        HTTP client sends them.
+        """
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"url must be absolute http(s), got {url!r}")
-        from urllib.parse import unquote
-
         host = parts.netloc.rpartition("@")[2]  # user info is not part of the key
         return self.url_hash(
             parts.scheme,
             host.encode("latin-1", "replace"),
             unquote(parts.path or "/"),
-            parts.query.encode("latin-1", "replace"),
+            quote(parts.query, safe=QUERY_AS_SENT).encode("ascii"),
             method.upper(),
         )
 
@@ -472,36 +501,40 @@ class RedisCache:
         guessed_key: str | None = None
         check = time.monotonic() - self._generation_checked_at >= self._generation_interval
         if not guess and not check:
-            # The common hit: one command, one round trip.
+            # The common hit: one command (READ_SCRIPT: the fields and the TTL), one round trip.
             if fill is not None and self._stored_until.get(uhash, 0.0) < time.monotonic():
                 # Likely a miss: the same round trip also tries the fill lock.
                 reply = await self._lookup_or_lock(base, fill, fill_ttl)
                 if isinstance(reply, int):
                     self._remember_vary(uhash, None)
                     return Lookup(state="uri-miss", generation=generation, lock=reply)
-                replies = [None, reply]
+                replies = [None, *_hash_replies(reply, 1)]
             else:
-                replies = [None, await self._hgetall(base)]
+                replies = [None, *await self._read([base])]
         else:
             while True:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    if check:
-                        pipe.get(self._generation_key)
-                    pipe.hgetall(base)
-                    if guess:
-                        guessed_key = keys.variant_key(
-                            base, keys.variant_hash(guess, values_for(guess))
-                        )
-                        pipe.hgetall(guessed_key)
-                    replies = await pipe.execute(raise_on_error=False)
-                for reply in replies:
-                    if isinstance(reply, ResponseError):
-                        _garbage_or_raise(reply)
+                if guess:
+                    guessed_key = keys.variant_key(
+                        base, keys.variant_hash(guess, values_for(guess))
+                    )
+                read_keys = [base] if guessed_key is None else [base, guessed_key]
                 if not check:
-                    replies.insert(0, None)
+                    # The URL's key and the guessed variant's: one command.
+                    replies = [None, *await self._read(read_keys)]
                     break
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.get(self._generation_key)
+                    # EVAL, not EVALSHA: a pipeline cannot load a missing script (and a
+                    # cluster's refuses EVALSHA). Once per generation_check_interval.
+                    pipe.eval(READ_SCRIPT, len(read_keys), *read_keys)
+                    gen_reply, read_reply = await pipe.execute(raise_on_error=False)
+                if isinstance(gen_reply, ResponseError):
+                    _garbage_or_raise(gen_reply)
+                if isinstance(read_reply, ResponseError):
+                    raise read_reply
+                replies = [gen_reply, *_hash_replies(read_reply, len(read_keys))]
                 self._generation_checked_at = time.monotonic()
-                current = _parse_generation(replies[0])
+                current = _parse_generation(gen_reply)
                 if current == generation:
                     break
                 # The namespace was cleared: look again under the new generation.
@@ -525,7 +558,7 @@ class RedisCache:
         if guessed_key is not None and guess == names:
             variant_reply = replies[2]
         else:
-            variant_reply = await self._hgetall(vkey)
+            (variant_reply,) = await self._read([vkey])
         variant = _decode_reply(variant_reply)
         if isinstance(variant, CachedEntry):
             return Lookup(state="hit", generation=generation, entry=variant, names=names, key=vkey)
@@ -533,7 +566,8 @@ class RedisCache:
         return Lookup(state=state, generation=generation, names=names)
 
     async def _lookup_or_lock(self, base: str, fill: FillLock, ttl: float) -> Any:
-        """HGETALL of a URL's key; when it is empty, try its fill lock (an int) instead."""
+        """PTTL and HGETALL of a URL's key (as READ_SCRIPT answers, for ``_hash_replies``);
+        when it is empty, try its fill lock (an int) instead."""
         try:
             return await self._lookup_script(
                 keys=[base, keys.lock_key(base, fill.variant), keys.pass_key(base)],
@@ -542,12 +576,17 @@ class RedisCache:
         except ResponseError as exc:  # WRONGTYPE inside the script: garbage at our key
             return _garbage_or_raise(exc)
 
-    async def _hgetall(self, key: str) -> Any:
-        """Return HGETALL of a key, or the error when the key holds another type."""
+    async def _read(self, read_keys: list[str]) -> list[Any]:
+        """Return, for each key (of one URL: one slot), its fields as HGETALL would, or
+        ``NOT_OURS`` for a key holding another type or a hash without a TTL: one command."""
+        script = self._read_script
         try:
-            return await self._client.hgetall(key)
-        except ResponseError as exc:  # WRONGTYPE: garbage at our key, a miss
-            return _garbage_or_raise(exc)
+            # EVALSHA itself: calling the script object costs a hit ~4% more CPU (it runs an
+            # import statement on every call); it is there to load the script when missing.
+            reply = await self._client.evalsha(script.sha, len(read_keys), *read_keys)
+        except NoScriptError:
+            reply = await script(keys=read_keys)
+        return _hash_replies(reply, len(read_keys))
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -773,6 +812,28 @@ class RedisCache:
             args=[fill.token, max(1, int(ttl * 1000))],
         )
         return int(result) == 1
+
+    async def take_over_fill(
+        self, uhash: str, fill: FillLock, ttl: float, window: float, generation: int
+    ) -> int:
+        """Take a fill lock over for ``ttl`` seconds, whoever holds it, unless another waiter
+        did in the last ``window`` seconds (``coalesce_timeout``): ``ACQUIRED``, ``HELD`` or
+        ``PASS`` (hit-for-pass), as ``acquire_fill`` answers.
+
+        For a waiter whose wait for a slow fill ran out: one of them, across all processes,
+        fills in its place per ``window``; the slow owner's renewals and store leave the lock,
+        now this one's, alone.
+        """
+        base = keys.url_key(self.namespace, generation, uhash)
+        result = await self._takeover_script(
+            keys=[
+                keys.lock_key(base, fill.variant),
+                keys.takeover_key(base, fill.variant),
+                keys.pass_key(base),
+            ],
+            args=[fill.token, max(1, int(ttl * 1000)), max(1, int(window * 1000))],
+        )
+        return int(result)
 
     async def release_fill(
         self, uhash: str, fill: FillLock, generation: int, *, pass_for: float = 0.0
@@ -1010,7 +1071,11 @@ class RedisCache:
 
     @_admin
     async def inspect_url(self, url: str, *, method: str = "GET") -> list[EntryInfo]:
-        """Return what is stored for an absolute URL: one ``EntryInfo`` per variant."""
+        """Return what is stored for an absolute URL: one ``EntryInfo`` per variant.
+
+        What is not ours is left out, as a lookup reads it as a miss: a key that does not
+        decode (another type, a forged or damaged entry) or that has no TTL.
+        """
         uhash = self.hash_for_url(url, method)
         gen = await self._current_generation()
         base = keys.url_key(self.namespace, gen, uhash)
@@ -1019,13 +1084,17 @@ class RedisCache:
             pipe.pttl(base)
             pipe.smembers(keys.variants_key(base))
             found, base_ttl, members = await pipe.execute(raise_on_error=False)
-        decoded = _decode_reply(found)
+        decoded = _decode_reply(found) if base_ttl != -1 else None
         now = time.time()
         if isinstance(decoded, CachedEntry):
             return [_info(base, decoded, base_ttl, (), now)]
         if not isinstance(decoded, VaryMarker) or not isinstance(members, (set, list)):
             return []
-        vkeys = [keys.variant_key(base, _text(m)) for m in sorted(members)]
+        vkeys = [
+            keys.variant_key(base, m.decode("ascii"))
+            for m in sorted(members)
+            if isinstance(m, bytes) and m.isascii()
+        ]
         async with self._client.pipeline(transaction=False) as pipe:
             for vkey in vkeys:
                 pipe.hgetall(vkey)
@@ -1033,7 +1102,7 @@ class RedisCache:
             replies = await pipe.execute(raise_on_error=False)
         infos = []
         for i, vkey in enumerate(vkeys):
-            variant = _decode_reply(replies[2 * i])
+            variant = _decode_reply(replies[2 * i]) if replies[2 * i + 1] != -1 else None
             if isinstance(variant, CachedEntry):
                 infos.append(_info(vkey, variant, replies[2 * i + 1], decoded.names, now))
         return infos
@@ -1199,6 +1268,37 @@ def _parse_generation(reply: Any) -> int:
 
 def _is_empty(reply: Any) -> bool:
     return isinstance(reply, (dict, list)) and not reply
+
+
+class _NotOurs:
+    """What ``_read`` gives for a key we did not write: it holds another type than a hash,
+    or it is a hash without a TTL (our stores always set one). Decodes as nothing, and is
+    not empty: a lookup reads it as "corrupt", and the next store overwrites it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_OURS"
+
+
+NOT_OURS = _NotOurs()
+
+
+def _hash_replies(reply: Any, count: int) -> list[Any]:
+    """READ_SCRIPT's reply (PTTL, fields, per key) as one HGETALL reply per key, with
+    ``NOT_OURS`` for a key holding another type or a hash without a TTL.
+
+    Also takes LOOKUP_SCRIPT's reply for a found key, and the WRONGTYPE error it raises for
+    a key holding another type (``_garbage_or_raise``)."""
+    if not isinstance(reply, list) or len(reply) != 2 * count:
+        return [NOT_OURS] * count
+    out: list[Any] = []
+    for pttl, found in zip(reply[0::2], reply[1::2], strict=True):
+        if isinstance(found, list) and (not found or pttl != -1):
+            out.append(found)
+        else:
+            out.append(NOT_OURS)
+    return out
 
 
 def _decode_reply(reply: Any) -> CachedEntry | VaryMarker | None:

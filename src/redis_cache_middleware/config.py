@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import translate
 
 from .exceptions import ConfigError
+from .keys import make_query_filter
 from .policy import HEURISTIC_STATUSES
 
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
@@ -24,6 +25,9 @@ DEFAULT_KEEP_FOR_REVALIDATION = 60.0
 DEFAULT_HIT_FOR_PASS_TTL = 10.0
 DEFAULT_MAX_BACKGROUND_REFRESHES = 32
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+#: The default lifetime of a status other than 2xx/3xx that states none (Varnish's
+#: ``shortlived`` is 10 s too): an error page pinned by one request is gone soon.
+DEFAULT_ERROR_TTL = 10.0
 #: The fill lock lives a quarter of ``coalesce_timeout``, never less than this many seconds
 #: (nor than three ``timeout``s), never more than half of ``coalesce_timeout``.
 MIN_FILL_LOCK_TTL = 0.25
@@ -131,6 +135,11 @@ class CacheConfig:
     hit_for_pass_ttl: float = DEFAULT_HIT_FOR_PASS_TTL
     max_background_refreshes: int = DEFAULT_MAX_BACKGROUND_REFRESHES
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    share_cookie_requests: bool = False
+    ignore_cookies: Sequence[str] = ()
+    credential_headers: Sequence[str] = ()
+    error_ttl: float | None = DEFAULT_ERROR_TTL
+    invalidate_locations: bool = True
 
     # Derived at construction.
     rule_matchers: tuple[tuple[PathMatcher, float | None], ...] = field(init=False)
@@ -141,6 +150,10 @@ class CacheConfig:
     tag_matchers: tuple[tuple[PathMatcher, tuple[str, ...]], ...] = field(init=False)
     #: Seconds a fill lock lives unless its owner renews it (``lock_ttl_for``).
     fill_lock_ttl: float = field(init=False)
+    #: Tells whether a cookie name is one of ``ignore_cookies`` (None: none are ignored).
+    cookie_filter: Callable[[str], bool] | None = field(init=False)
+    #: ``credential_headers`` as lowercase bytes, for matching raw request headers.
+    credential_header_bytes: frozenset[bytes] = field(init=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -255,6 +268,25 @@ class CacheConfig:
             raise ConfigError(
                 f"purge_path must be a path starting with '/'; got {self.purge_path!r}"
             )
+        for option in ("share_cookie_requests", "invalidate_locations"):
+            if not isinstance(getattr(self, option), bool):
+                raise ConfigError(f"{option} must be True or False")
+        if isinstance(self.ignore_cookies, str) or not isinstance(
+            self.ignore_cookies, Sequence | set | frozenset
+        ):
+            raise ConfigError("ignore_cookies must be a list of cookie names (globs allowed)")
+        for name in self.ignore_cookies:
+            if not isinstance(name, str) or not name or any(c in name for c in "=; \t,"):
+                raise ConfigError(f"ignore_cookies: {name!r} is not a cookie name or glob")
+        set_(self, "cookie_filter", make_query_filter(list(self.ignore_cookies)))
+        credentials = _header_names("credential_headers", self.credential_headers)
+        if "authorization" in credentials or "cookie" in credentials:
+            raise ConfigError(
+                "credential_headers: Authorization and Cookie are always credentials; "
+                "name only the others (e.g. X-Api-Key)"
+            )
+        set_(self, "credential_header_bytes", frozenset(n.encode() for n in credentials))
+        _seconds("error_ttl", self.error_ttl, allow_none=True)
 
     def rule_for(self, path: str) -> tuple[bool, float | None]:
         """Return ``(matched, ttl)`` for the first rule matching the path."""

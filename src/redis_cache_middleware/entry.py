@@ -12,11 +12,18 @@ msgpack list of the lowercase request header names the variants are keyed on.
 
 ``decode`` never raises: anything that is not a well-formed record of this schema version
 (garbage, a missing field, another version, a body whose length disagrees) is None, a miss.
+Nor does it hand back anything a server could not send as is: an entry is refused when a
+header name is not a lowercase RFC 9110 token, a value holds a control character other than
+HTAB (CR, LF, NUL...), the status is not a final one (200-599), ``Content-Length`` comes
+twice, or it carries a hop-by-hop framing field (which we never store); a marker is refused
+when a Vary name is not a token. Such a record was written by someone else (or damaged), and
+replaying it would break the client's connection; as a miss, the next store overwrites it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -44,6 +51,29 @@ F_VARY_REQUEST = b"varyreq"
 #: Request header values never written to Redis, even when a response varies on them.
 REDACTED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 REDACTED = b"<redacted>"
+
+#: The bytes of a stored header name: RFC 9110 5.6.2 ``tchar``, lowercase (names are stored
+#: lowercased); and of a value: VCHAR, obs-text, SP and HTAB (RFC 9110 5.5).
+_NAME_BYTES = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+_VALUE_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+#: ``bytes.translate`` tables that map each of those bytes to 1 and every other byte to 0: a 0
+#: in the translated names (values) is a byte no server may send (a C loop and a memchr).
+_NAME_TABLE = bytes(int(b in _NAME_BYTES) for b in range(256))
+_VALUE_TABLE = bytes(int(b in _VALUE_BYTES) for b in range(256))
+_VARY_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+#: Fields that frame one connection: never stored (forward.HOP_BY_HOP drops them), so an entry
+#: holding one is not ours.
+NEVER_STORED = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,20 +155,27 @@ def _float(raw: bytes) -> float:
 
 
 def _headers(raw: bytes) -> RawHeaders:
-    items = msgpack.unpackb(raw, raw=True, use_list=True, strict_map_key=True)
-    if not isinstance(items, list):
+    # Arrays as tuples: each pair comes out as the (name, value) tuple we hand back.
+    items = msgpack.unpackb(raw, raw=True, use_list=False, strict_map_key=True)
+    if type(items) is not tuple:
         raise ValueError("headers")
-    headers: RawHeaders = []
+    if not items:
+        return []
     for item in items:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or not isinstance(item[0], bytes)
-            or not isinstance(item[1], bytes)
-        ):
+        if type(item) is not tuple or len(item) != 2:
             raise ValueError("header pair")
-        headers.append((item[0], item[1]))
-    return headers
+    names, values = zip(*items, strict=True)
+    # join raises TypeError for a name or value that is not bytes (msgpack gives no other
+    # bytes-like type); this runs on every hit, hence whole-list checks rather than a loop.
+    if (
+        not all(names)
+        or 0 in b"".join(names).translate(_NAME_TABLE)
+        or 0 in b"".join(values).translate(_VALUE_TABLE)
+        or not NEVER_STORED.isdisjoint(names)
+        or names.count(b"content-length") > 1
+    ):
+        raise ValueError("header fields a server could not send")
+    return list(items)
 
 
 def _strings(raw: bytes) -> tuple[str, ...]:
@@ -156,9 +193,11 @@ def decode(fields: Mapping[bytes, bytes]) -> CachedEntry | VaryMarker | None:
         vary = fields.get(F_VARY)
         if vary is not None:
             names = _strings(vary)
-            return VaryMarker(names=names) if list(names) == sorted(set(names)) else None
+            if list(names) != sorted(set(names)) or not all(map(_VARY_NAME.fullmatch, names)):
+                return None
+            return VaryMarker(names=names)
         status = int(fields[F_STATUS])
-        if not 100 <= status <= 999:
+        if not 200 <= status <= 599:
             return None
         body = fields[F_BODY]
         if not isinstance(body, bytes):

@@ -20,7 +20,7 @@ from . import policy
 from ._timeouts import bounded, run_bounded
 from ._types import Message, RawHeaders, Receive, Scope, Send
 from .cache import FillLock, Lookup, PurgeEvent, RedisCache
-from .config import MAX_TAG_LENGTH, MAX_TAGS
+from .config import MAX_TAG_LENGTH, MAX_TAGS, CacheConfig
 from .entry import CachedEntry
 from .keys import MAX_INDEXED_HOST, normalise_host
 from .stats import RateLimitedWarning, logger
@@ -70,11 +70,16 @@ async def guarded(
     """Run one Redis call for the middleware: skipped while the circuit breaker is open,
     bounded by ``timeout`` (in a task of its own for clients that need it:
     ``RedisCache.isolate_calls``), any failure logged (rate-limited), counted and returned
-    as ``SKIPPED`` so that the request carries on without the cache."""
+    as ``SKIPPED`` so that the request carries on without the cache.
+
+    A timeout while the event loop lags (CPU overload of this process, see
+    ``CircuitBreaker.loop_lag``) is not held against Redis: counted in ``stats.loop_lag``
+    too, it neither opens the breaker nor resets its count of failures."""
     breaker = cache.breaker
     if not breaker.allow():
         cache.stats.breaker_skipped += 1
         return SKIPPED
+    started = breaker.clock()
     try:
         if cache.isolate_calls:
             result = await run_bounded(call, timeout, isolate=True)
@@ -83,13 +88,24 @@ async def guarded(
             async with bounded(timeout):
                 result = await call()
     except Exception as exc:
+        stats = cache.stats
+        stats.redis_error += 1
         if isinstance(exc, ResponseError):
             # Redis answered, with an error (OOM under noeviction, WRONGTYPE, READONLY):
             # not an outage, so the breaker must not stop the reads that still work.
             breaker.success()
+        elif (lag := await breaker.loop_lag(exc, started, timeout)) is not None:
+            # Redis may have answered in time, unread while the loop was busy: turning the
+            # cache off for everyone would add the cache's load to the overload.
+            stats.loop_lag += 1
+            warn(
+                f"{kind} loop lag",
+                f"redis-cache {kind} timed out with the event loop {lag * 1000:.0f} ms behind "
+                "(CPU overload, not counted against Redis), carrying on without the cache",
+            )
+            return SKIPPED
         else:
             breaker.failure()
-        cache.stats.redis_error += 1
         warn(kind, f"redis-cache {kind} failed, carrying on without the cache", exc)
         return SKIPPED
     breaker.success()
@@ -102,9 +118,14 @@ class Request:
     __slots__ = (
         "bypass_value",
         "cache_control",
+        "cookie_filter",
+        "cookies",
+        "credentials",
         "debug",
         "found",
         "has_authorization",
+        "has_body",
+        "has_cookie",
         "headers",
         "host",
         "if_modified_since",
@@ -118,7 +139,7 @@ class Request:
         "uhash",
     )
 
-    def __init__(self, scope: Scope, bypass_header: bytes | None) -> None:
+    def __init__(self, scope: Scope, config: CacheConfig) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.scheme: str = scope.get("scheme", "http")
@@ -130,6 +151,14 @@ class Request:
         self.if_none_match: list[bytes] = []
         self.if_modified_since: bytes | None = None
         self.has_authorization = False
+        #: Whether a body comes with this GET/HEAD (``Content-Length`` > 0, or chunked).
+        self.has_body = False
+        #: The ``Cookie`` field lines, and whether any cookie not in ``ignore_cookies``.
+        self.cookies: list[bytes] = []
+        self.has_cookie = False
+        self.cookie_filter = config.cookie_filter
+        #: The operator's ``credential_headers`` this request carries (lowercase names).
+        self.credentials: tuple[str, ...] = ()
         self.bypass_value: bytes | None = None
         self.uhash: str = ""
         self.found: Lookup | None = None
@@ -139,6 +168,8 @@ class Request:
         #: The fill lock this request's own lookup tried, and how that went (ACQUIRED,
         #: HELD or PASS); None when the lookup did not try one.
         self.prefill: tuple[FillLock, int] | None = None
+        bypass_header = config.bypass_header_bytes
+        credential_headers = config.credential_header_bytes
         hosts: list[bytes] = []
         for key, value in self.headers:
             if key == b"host":
@@ -149,16 +180,32 @@ class Request:
                 self.pragma.append(value)
             elif key == b"authorization":
                 self.has_authorization = True
+            elif key == b"cookie":
+                self.cookies.append(value)
             elif key == b"if-none-match":
                 self.if_none_match.append(value)
             elif key == b"if-modified-since":
                 self.if_modified_since = value
+            elif key == b"content-length":
+                self.has_body = self.has_body or value.strip() != b"0"
+            elif key == b"transfer-encoding":
+                self.has_body = True
             elif key == bypass_header:
                 self.bypass_value = value
+            elif key in credential_headers:
+                self.credentials += (key.decode("latin-1"),)
         # Several Host lines (RFC 9112 3.2 says to refuse them; not every server does) are
         # keyed all together, a host no one-Host request has: whichever one the app reads,
         # its answer can never be served to a request naming a single host.
         self.host = hosts[0] if len(hosts) == 1 else b"\x00".join(hosts)
+        if self.cookies and not config.share_cookie_requests:
+            self.has_cookie = self.cookie_filter is None or bool(self._kept_cookies())
+
+    @property
+    def private(self) -> bool:
+        """Return whether the request carries credentials or cookies: its page may be its
+        user's own, so it neither waits on nor fills for others (no coalescing)."""
+        return self.has_authorization or self.has_cookie or bool(self.credentials)
 
     @property
     def host_key(self) -> bytes:
@@ -170,8 +217,24 @@ class Request:
         """Return whether the client sent a validator of its own."""
         return bool(self.if_none_match) or self.if_modified_since is not None
 
+    def _kept_cookies(self) -> list[bytes]:
+        """Return the request's ``name=value`` cookie pairs that ``ignore_cookies`` keeps."""
+        ignored = self.cookie_filter
+        kept: list[bytes] = []
+        for line in self.cookies:
+            for pair in line.split(b";"):
+                pair = pair.strip()
+                name = pair.partition(b"=")[0].strip().decode("latin-1")
+                if pair and (ignored is None or not ignored(name)):
+                    kept.append(pair)
+        return kept
+
     def values_for(self, names: tuple[str, ...]) -> list[bytes | None]:
-        """Return the request's value of each named header: repeats joined, None if absent."""
+        """Return the request's value of each named header: repeats joined, None if absent.
+
+        ``Cookie`` is given without the cookies of ``ignore_cookies``, so that they never
+        reach a key.
+        """
         wanted = {n.encode("latin-1"): i for i, n in enumerate(names)}
         found: list[list[bytes] | None] = [None] * len(names)
         for key, value in self.headers:
@@ -182,7 +245,12 @@ class Request:
                     found[index] = [value.strip()]
                 else:
                     bucket.append(value.strip())
-        return [None if v is None else b", ".join(v) for v in found]
+        values = [None if v is None else b", ".join(v) for v in found]
+        cookie = wanted.get(b"cookie")
+        if cookie is not None and self.cookie_filter is not None and self.cookies:
+            kept = self._kept_cookies()
+            values[cookie] = b"; ".join(kept) if kept else None
+        return values
 
 
 async def replay(
@@ -259,6 +327,8 @@ class Forward:
         self.revalidate = revalidate if self.store else None
         self.fill = fill
         self.decision: policy.StoreDecision | None = None
+        #: The request headers the entry varies on and this request's values of them.
+        self._vary: tuple[tuple[str, ...], list[bytes | None] | None] | None = None
         self.start: Message | None = None
         self.started_client = False
         self.swallow = False
@@ -399,8 +469,14 @@ class Forward:
         decision = self._decide(self.status, self.headers, self.stored_at)
         if decision.store and message.get("trailers"):
             decision = policy.refuse("trailers")
-        # max_body_size bounds a whole entry: the headers count towards it with the body.
+        # max_body_size bounds a whole entry: all it stores besides the body (headers, the
+        # request values it varies on, as stored, and its tags) counts with the body.
         header_bytes = sum(len(k) + len(v) for k, v in self.headers)
+        if decision.store:
+            names, values = self._vary = self._varying(decision)
+            header_bytes += sum(
+                len(n) + len(v or b"") for n, v in vary_record(names, values)
+            ) + sum(len(t) for t in self.tags)
         if decision.store and (
             header_bytes > config.max_body_size
             or _declared_length(self.headers) > config.max_body_size - header_bytes
@@ -495,7 +571,7 @@ class Forward:
             body,
             self.stored_at,
             self.tags,
-            tuple(zip(names, values or (), strict=True)),
+            vary_record(names, values),
         )
 
     def _decide(self, status: int, headers: RawHeaders, now: float) -> policy.StoreDecision:
@@ -509,9 +585,12 @@ class Forward:
             cacheable_statuses=config.statuses,
             cache_set_cookie=config.cache_set_cookie,
             request_has_authorization=self.request.has_authorization,
+            request_has_cookie=self.request.has_cookie,
+            request_credentials=self.request.credentials,
             stale_while_revalidate=config.stale_while_revalidate,
             stale_if_error=config.stale_if_error,
             keep_for_revalidation=config.keep_for_revalidation,
+            error_ttl=config.error_ttl,
         )
 
     def _varying(
@@ -528,7 +607,7 @@ class Forward:
             return False
         body = b"".join(self.chunks)
         self.chunks = []
-        names, values = self._varying(decision)
+        names, values = self._vary if self._vary is not None else self._varying(decision)
         return await self._put(self._entry(decision, body, names, values), decision, names, values)
 
     async def _put(
@@ -616,7 +695,7 @@ class Forward:
             entry.body,
             now,
             tags,
-            tuple(zip(names, values or (), strict=True)),
+            vary_record(names, values),
         )
         stored = decision.store and await self._put(refreshed, decision, names, values)
         self.status = 304
@@ -686,6 +765,25 @@ class LockRenewal:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+#: A varying request header's value is kept whole only up to this many bytes in an entry
+#: (it is there for ``inspect``; the key holds its digest): a 60 KB ``User-Agent`` must not
+#: make a 500-byte page cost 60 KB of Redis for its whole TTL.
+MAX_VARY_VALUE = 256
+
+
+def vary_record(
+    names: tuple[str, ...], values: list[bytes | None] | None
+) -> tuple[tuple[str, bytes | None], ...]:
+    """Return the request values an entry varies on as stored: each bounded to
+    ``MAX_VARY_VALUE`` bytes, a longer one cut and marked with its full length."""
+    record: list[tuple[str, bytes | None]] = []
+    for name, value in zip(names, values or (), strict=True):
+        if value is not None and len(value) > MAX_VARY_VALUE:
+            value = value[:MAX_VARY_VALUE] + f"...[{len(value)} bytes]".encode()
+        record.append((name, value))
+    return tuple(record)
 
 
 def _stored_entry(
@@ -781,7 +879,9 @@ def _declared_length(headers: RawHeaders) -> int:
 
 class Invalidate:
     """Run an unsafe request; if it succeeds (2xx, 3xx), purge the cached GET of its URL and
-    of ``Location`` / ``Content-Location`` on the same host, before the client hears back,
+    (unless ``invalidate_locations`` is off: an open redirect would let anyone evict any
+    URL of the host) of ``Location`` / ``Content-Location`` on the same host, before the
+    client hears back,
     so that the client's next read sees the change (RFC 9111 4.4). The cache's ``on_purge``
     hook hears of it in a task of its own: the response waits for the purge, not the hook."""
 
@@ -803,7 +903,8 @@ class Invalidate:
         scheme = scope.get("scheme", "http")
         host = b"\x00".join(v for k, v in scope["headers"] if k == b"host")  # as Request does
         targets = [(scope["path"], scope.get("query_string", b""))]
-        for key, value in response_headers:
+        locations = self.middleware.config.invalidate_locations
+        for key, value in response_headers if locations else ():
             if bytes(key).lower() in (b"location", b"content-location"):
                 target = _same_host_target(bytes(value), scheme, host)
                 if target is not None:

@@ -1,10 +1,13 @@
 """Cache keys: pure functions that turn a request into bounded, unambiguous Redis keys.
 
 A URL's key is a hash of its method class (HEAD shares GET's entries), scheme, host (lowercase,
-default port dropped), path and normalised query: parameters sorted by name, repeated
-parameters keeping their relative order, ignored parameters dropped. The parts are encoded
-with msgpack before hashing, so no two different inputs share an encoding. Only hashes and the
-validated namespace reach Redis: no raw user input becomes a key, whatever its length.
+default port dropped), path and the query's raw bytes, exactly as the client sent them: never
+percent-decoded, never reordered, so that two requests share a key only if the app cannot tell
+them apart (Starlette's ``request.url`` and ``request.query_params`` are built from these
+bytes; ``?x=%22`` and ``?x="`` are different keys). Ignored parameters are dropped from the
+raw query by name, and the middleware hands the app that same filtered query. The parts are
+encoded with msgpack before hashing, so no two different inputs share an encoding. Only hashes
+and the validated namespace reach Redis: no raw user input becomes a key, whatever its length.
 
 Layout (``ns`` namespace, ``g`` generation, ``h`` URL hash, ``vh`` variant hash)::
 
@@ -18,6 +21,8 @@ Layout (``ns`` namespace, ``g`` generation, ``h`` URL hash, ``vh`` variant hash)
     {ns}:{g}:p:{hh}:x        sorted set: the same members scored by expiry, for pruning
     {ns}:{g}:hosts           sorted set: the hosts with entries, scored by expiry
     {ns}:{g}:{h}:lock[:{vh}] fill lock (``SET NX PX`` with a random token)
+    {ns}:{g}:{h}:lock[:{vh}]:takeover  a waiter took a slow fill over (one per
+                             ``coalesce_timeout``)
     {ns}:{g}:{h}:hfp         hit-for-pass: the last response was not storable
 
 ``{h}`` is a Redis Cluster hash tag: all keys of one URL live in one slot.
@@ -29,7 +34,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 import msgpack
 
@@ -65,21 +70,22 @@ def make_query_filter(patterns: Sequence[str]) -> Callable[[str], bool] | None:
     return ignored
 
 
-def normalise_query(
-    query_string: bytes, ignored: Callable[[str], bool] | None = None
-) -> list[tuple[str, str]]:
-    """Return the query's ``(name, value)`` pairs sorted by name, repeats in their order.
+def normalise_query(query_string: bytes, ignored: Callable[[str], bool] | None = None) -> bytes:
+    """Return the query as keys use it: the raw bytes, less the ignored parameters.
 
-    Decoding follows Starlette's ``QueryParams`` (latin-1 bytes, percent-decoding, blank values
-    kept), so two query strings the app cannot tell apart share a key.
+    Nothing is unquoted or reordered: ``?b=1&a=2`` and ``?a=2&b=1`` are two keys, as are
+    ``?x=%22`` and ``?x="``, because an app reading ``request.url`` can tell them apart. An
+    ignored parameter is recognised by its name as Starlette decodes it (``+`` and ``%XX``
+    unquoted), and its raw ``&``-separated pair is dropped, the others kept byte for byte.
     """
-    if not query_string:
-        return []
-    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-    if ignored is not None:
-        pairs = [p for p in pairs if not ignored(p[0])]
-    pairs.sort(key=lambda p: p[0])  # stable: repeated names keep their relative order
-    return pairs
+    if not query_string or ignored is None:
+        return query_string
+    kept = [
+        pair
+        for pair in query_string.split(b"&")
+        if not ignored(unquote_plus(pair.partition(b"=")[0].decode("latin-1")))
+    ]
+    return b"&".join(kept)
 
 
 def url_hash(
@@ -87,7 +93,7 @@ def url_hash(
     scheme: str,
     host: bytes,
     path: str,
-    query: list[tuple[str, str]],
+    query: bytes,
 ) -> str:
     """Return the hash that names a URL's keys."""
     try:
@@ -102,7 +108,7 @@ def url_hash(
                 scheme,
                 host,
                 _escaped(path),
-                [(_escaped(k), _escaped(v)) for k, v in query],
+                query,
             ],
             use_bin_type=True,
         )
@@ -181,6 +187,12 @@ def prefix_ranges(prefix: str) -> list[tuple[bytes, bytes]]:
 def lock_key(base: str, variant: str = "") -> str:
     """Return the fill lock of a URL (or of one variant, by its hash)."""
     return f"{base}:lock:{variant}" if variant else f"{base}:lock"
+
+
+def takeover_key(base: str, variant: str = "") -> str:
+    """Return the marker of a fill lock's last takeover (at most one per ``coalesce_timeout``),
+    beside the lock: same hash tag, same slot."""
+    return f"{lock_key(base, variant)}:takeover"
 
 
 def pass_key(base: str) -> str:

@@ -15,11 +15,14 @@ sends the request to the app as if there were no cache: the cache never causes a
 Concurrent misses for one URL are coalesced: in one process they wait on one future, across
 processes on a fill lock in Redis (``SET NX PX`` with a random token, released by its owner
 only). The lock lives a fraction of ``coalesce_timeout`` and its owner renews it while the
-app runs, so waiters poll for the entry with backoff, take the lock over soon after its
-owner vanished, and give up and go to the app after ``coalesce_timeout``: never a deadlock,
-never an unbounded wait. A URL whose response was not storable is remembered for
-``hit_for_pass_ttl`` so that later requests are not serialised behind a lock (Varnish's
-hit-for-pass).
+app runs, so waiters poll for the entry with backoff and take the lock over soon after its
+owner vanished. Waiters whose ``coalesce_timeout`` runs out do not all go to the app: the
+first in each process asks Redis (``TAKEOVER_SCRIPT``), at most one per ``coalesce_timeout``
+across all processes takes the fill over and calls the app, and the others wait again, as
+long again, served by whichever fill stores first. Requests with ``Cache-Control:
+no-cache`` take the same path, served only by an entry produced after they arrived. A URL
+whose response was not storable is remembered for ``hit_for_pass_ttl`` so that later
+requests are not serialised behind a lock (Varnish's hit-for-pass).
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ from . import policy
 from ._timeouts import bounded
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .background import BackgroundTasks
-from .cache import ACQUIRED, PASS, FillLock, Lookup, RedisCache, new_token
+from .cache import ACQUIRED, HELD, FillLock, Lookup, RedisCache, new_token
 from .config import (
     DEFAULT_CACHE_NAME,
     DEFAULT_COALESCE_TIMEOUT,
+    DEFAULT_ERROR_TTL,
     DEFAULT_HIT_FOR_PASS_TTL,
     DEFAULT_KEEP_FOR_REVALIDATION,
     DEFAULT_MAX_BACKGROUND_REFRESHES,
@@ -109,6 +113,11 @@ class CacheMiddleware:
         hit_for_pass_ttl: float = DEFAULT_HIT_FOR_PASS_TTL,
         max_background_refreshes: int = DEFAULT_MAX_BACKGROUND_REFRESHES,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        share_cookie_requests: bool = False,
+        ignore_cookies: Sequence[str] = (),
+        credential_headers: Sequence[str] = (),
+        error_ttl: float | None = DEFAULT_ERROR_TTL,
+        invalidate_locations: bool = True,
     ) -> None:
         if not isinstance(cache, RedisCache):
             raise ConfigError(f"cache must be a RedisCache; got {type(cache).__name__}")
@@ -142,6 +151,11 @@ class CacheMiddleware:
             hit_for_pass_ttl=hit_for_pass_ttl,
             max_background_refreshes=max_background_refreshes,
             shutdown_timeout=shutdown_timeout,
+            share_cookie_requests=share_cookie_requests,
+            ignore_cookies=ignore_cookies,
+            credential_headers=credential_headers,
+            error_ttl=error_ttl,
+            invalidate_locations=invalidate_locations,
         )
         if ignore_query_params:
             cache.ignore_query_params(list(ignore_query_params))
@@ -151,8 +165,8 @@ class CacheMiddleware:
             from .purge import PurgeEndpoint
 
             self._purge_endpoint = PurgeEndpoint(cache, token=purge_token)
-        #: In-process fills under way, by fill key: waiters in this process await them.
-        self._inflight: dict[str, asyncio.Future[str]] = {}
+        #: In-process fills under way, by fill key: waiters in this process follow them.
+        self._inflight: dict[str, _Fills] = {}
         #: In-process lookups under way, by key: concurrent lookups share one.
         self._lookups: dict[str, asyncio.Future[Lookup | None]] = {}
         #: Background refreshes this process has started and not finished, by fill key.
@@ -185,7 +199,21 @@ class CacheMiddleware:
         if config.exclude_matchers and config.is_excluded(path):
             await self.app(scope, receive, send)
             return
-        request = Request(scope, config.bypass_header_bytes)
+        request = Request(scope, config)
+        if request.has_body:
+            # A GET or HEAD with a body (a "fat GET"): its answer may depend on the body,
+            # which no key holds. Not looked up, not stored, not coalesced: untouched.
+            await self.app(scope, receive, send)
+            return
+        cache = self.cache
+        query: bytes = scope.get("query_string", b"")
+        if cache.has_ignored_query:
+            # The app sees the query the key holds: an ignored parameter it cannot read,
+            # it cannot reflect into a page that others are served.
+            kept = cache.app_query(query)
+            if kept != query:
+                scope = {**scope, "query_string": kept}
+                query = kept
         ruled, rule_ttl = config.rule_for(path) if config.rule_matchers else (False, None)
         if ruled and rule_ttl is None:
             # A rule says never cache this path.
@@ -194,11 +222,8 @@ class CacheMiddleware:
             )
             return
         default_ttl = rule_ttl if ruled else config.default_ttl
-        cache = self.cache
         stats = cache.stats
-        request.uhash = cache.url_hash(
-            request.scheme, request.host, path, scope.get("query_string", b"")
-        )
+        request.uhash = cache.url_hash(request.scheme, request.host, path, query)
         if request.bypass_value is not None and self._bypass_allowed(request.bypass_value):
             # Skip the lookup; the response refreshes the entry.
             stats.bypass += 1
@@ -214,14 +239,26 @@ class CacheMiddleware:
         if directives.no_store or directives.no_cache:
             # The client asked us not to answer from the cache.
             stats.bypass += 1
-            await Forward(
-                self, request, fwd="request", store=not directives.no_store, default_ttl=default_ttl
-            ).run(scope, receive, send)
+            if directives.no_store or not config.coalesce or method != "GET" or request.private:
+                # Forwarded alone. no-store: nothing of this request's exchange may be
+                # stored (RFC 9111 5.2.1.5), so it fills nothing (nor waits for a fill).
+                await Forward(
+                    self,
+                    request,
+                    fwd="request",
+                    store=not directives.no_store,
+                    default_ttl=default_ttl,
+                ).run(scope, receive, send)
+            else:
+                await self._refill(scope, receive, send, request, default_ttl)
             return
         request.started = time.perf_counter()
         fill = (
             FillLock(variant="", token=new_token())
-            if config.coalesce and method == "GET" and not directives.only_if_cached
+            if config.coalesce
+            and method == "GET"
+            and not directives.only_if_cached
+            and not request.private
             else None
         )
         found = await self._lookup(request, fill)
@@ -239,8 +276,10 @@ class CacheMiddleware:
             usable = policy.check_usable(
                 entry.fresh_for, age, directives, entry.stale_while_revalidate
             )
-            if usable.usable and request.has_authorization and not entry.shared_with_auth:
-                usable = policy.Usability(usable=False, reason="authorization")
+            if usable.usable and request.private:
+                why = _private_refusal(request, found)
+                if why is not None:
+                    usable = policy.Usability(usable=False, reason=why)
             if usable.usable:
                 if usable.stale:
                     # stale-while-revalidate: answer now, refresh behind the response.
@@ -257,7 +296,7 @@ class CacheMiddleware:
                     kind = "stale hit" if usable.stale else "hit"
                     logger.debug("%s (%s): %s %r", kind, status, method, path)
                 return
-            if usable.reason == "authorization":
+            if usable.reason in policy.REQUEST_REFUSALS:
                 fwd = "miss"
             else:
                 fwd = "stale"
@@ -378,47 +417,74 @@ class CacheMiddleware:
         fwd: str,
         default_ttl: float | None,
         stale: CachedEntry | None,
+        since: float | None = None,
     ) -> None:
+        """Answer a request the cache could not: fill the entry, or wait for the request that
+        fills it (in this process or another) and serve what that one stores.
+
+        ``since`` is set for a request ``no-cache`` (when it arrived): only an entry whose
+        response the app produced after then may serve it (``_serve_filled``); for a fill
+        that began answering before, it waits for the next fill, or makes it.
+        """
         config = self.config
-        if not config.coalesce or request.method != "GET":
+        if not config.coalesce or request.method != "GET" or request.private:
             await self._forward(request, fwd, default_ttl, stale).run(scope, receive, send)
             return
-        # A lock the lookup took is this request's to fill under, or to give back.
+        # A lock the lookup took is this request's to fill under at once (no other request
+        # can fill meanwhile), or to give back.
+        pre: tuple[FillLock, int | None] | None
         pre, request.prefill = request.prefill, None
-        owned = pre[0] if pre is not None and pre[1] == ACQUIRED else None
+        owns_lock = pre is not None and pre[1] == ACQUIRED
         variant = self._fill_variant(request)
         key = f"{request.uhash}:{variant}"
         deadline = time.monotonic() + config.coalesce_timeout
-        while (inflight := self._inflight.get(key)) is not None:
-            # Another request of this process is filling: wait for it, then look again.
-            outcome = "timeout"
-            remaining = deadline - time.monotonic()
-            if remaining > 0:
-                try:
-                    async with bounded(remaining):
-                        outcome = await asyncio.shield(inflight)
-                except asyncio.TimeoutError:  # TimeoutError on 3.11+, not on 3.10
-                    pass
-            if outcome == "stored" and await self._serve_filled(request, send, fwd):
-                if owned is not None:
-                    await self._release_lock(request, owned)
+        while not owns_lock and (fills := self._inflight.get(key)) is not None:
+            # Other requests of this process are filling, or waiting for another process's
+            # fill: follow them, and look again when one of them ends.
+            outcome = await fills.next_end(deadline - time.monotonic())
+            if outcome == "stored" and await self._serve_filled(request, send, fwd, since):
                 return
-            if outcome != "error":
-                # Not storable, timed out, or not our variant: no more waiting.
-                forward = self._forward(request, fwd, default_ttl, stale, fill=owned)
-                await forward.run(scope, receive, send)
+            if outcome == "timeout":
+                # Waited coalesce_timeout: one waiter takes the fill over, the others (here
+                # or in other processes) wait again, as long again, for any fill to store.
+                deadline = time.monotonic() + config.coalesce_timeout
+                if fills.claim_takeover(config.coalesce_timeout):
+                    # The first here: it fills, or if a waiter of another process took the
+                    # fill over, looks for that one's entry in Redis for this process.
+                    takeover = FillLock(variant=variant, token=new_token())
+                    pre = (takeover, await self._take_over(request, takeover))
+                    break
+            elif outcome != "error" and not (outcome == "stored" and since is not None):
+                # Not storable, or not our variant: no more waiting.
+                await self._forward(request, fwd, default_ttl, stale).run(scope, receive, send)
                 return
-            # The fill failed: try to become the next filler.
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+            # The fill failed, or answered before this request came: follow the fills still
+            # under way, or become the next filler.
+        fills = self._inflight.get(key)
+        if fills is None:
+            fills = self._inflight[key] = _Fills()
+        fills.running += 1
         outcome = "error"
         try:
             outcome = await self._fill_or_wait(
-                scope, receive, send, request, fwd, default_ttl, stale, variant, deadline, pre
+                scope,
+                receive,
+                send,
+                request,
+                fwd,
+                default_ttl,
+                stale,
+                variant,
+                deadline,
+                pre,
+                since=since,
+                fills=fills,
             )
         finally:
-            del self._inflight[key]
-            future.set_result(outcome)
+            fills.end(outcome)
+            # A fill that took over from this one may be under way: its waiters stay.
+            if not fills.running and self._inflight.get(key) is fills:
+                del self._inflight[key]
 
     async def _fill_or_wait(
         self,
@@ -431,52 +497,80 @@ class CacheMiddleware:
         stale: CachedEntry | None,
         variant: str,
         deadline: float,
-        pre: tuple[FillLock, int] | None = None,
+        pre: tuple[FillLock, int | None] | None = None,
+        *,
+        since: float | None = None,
+        fills: _Fills,
     ) -> str:
         """Fill the entry under the Redis lock, or wait for the process that holds it.
 
-        ``pre`` is the lock the lookup already tried for this variant, and how that went.
+        ``pre`` is the lock the lookup (or a takeover) already tried for this variant, and
+        how that went. ``fills`` are this process's fills of the key, this one among them.
         Return the outcome for this process's waiters: ``stored``, ``refused`` (not
-        storable), ``error`` (the app failed) or ``timeout``.
+        storable), ``error`` (the app failed) or ``other`` (not stored, for no lasting
+        reason).
         """
-        first: int | None = None
+        state: int | None
         if pre is not None and pre[0].variant == variant:
-            fill, first = pre
+            fill, state = pre
         else:
             if pre is not None and pre[1] == ACQUIRED:  # another variant's lock: give it back
                 await self._release_lock(request, pre[0])
             fill = FillLock(variant=variant, token=new_token())
+            state = await self._acquire(request, fill)
         delay = POLL_FIRST
         waited = False
         while True:
-            state: int | None
-            if first is not None:
-                state, first = first, None
-            else:
-                state = await self._acquire(request, fill)
-            if state == ACQUIRED and waited and await self._serve_filled(request, send, fwd):
+            if state == HELD and time.monotonic() >= deadline:
+                # Waited coalesce_timeout: one waiter takes the fill over, as in _miss.
+                window = self.config.coalesce_timeout
+                deadline = time.monotonic() + window
+                if fills.claim_takeover(window):
+                    state = await self._take_over(request, fill)
+            if state == ACQUIRED and waited and await self._serve_filled(request, send, fwd, since):
                 # The lock came free because its owner stored (the store deletes the lock),
                 # after our last look: serve that entry, not a second app call.
                 await self._release_lock(request, fill)
                 return "stored"
-            if state is None or state in (ACQUIRED, PASS):
+            if state != HELD:
                 # The filler; or Redis failed, or the URL is known not to be storable
                 # (hit-for-pass): no queueing either way.
                 owned = fill if state == ACQUIRED else None
                 forward = self._forward(request, fwd, default_ttl, stale, fill=owned)
                 await forward.run(scope, receive, send)
                 return forward.outcome
-            # Held by another process: wait for its entry, or for the lock to free up.
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                forward = self._forward(request, fwd, default_ttl, stale)
-                await forward.run(scope, receive, send)
-                return "timeout"
-            await asyncio.sleep(min(delay, remaining))
+            # Held by another process: wait for its entry, or for the lock to free up (and
+            # look at once when a fill of this process ends).
+            await fills.next_end(min(delay, deadline - time.monotonic()))
             delay = min(delay * 2, POLL_CAP)
             waited = True
-            if await self._serve_filled(request, send, fwd):
+            if await self._serve_filled(request, send, fwd, since):
                 return "stored"
+            state = await self._acquire(request, fill)
+
+    async def _take_over(self, request: Request, fill: FillLock) -> int | None:
+        """The first waiter of this process whose ``coalesce_timeout`` ran out asks Redis
+        whether it takes the fill over (under ``fill``), calling the app in place of the slow
+        filler: one waiter across all processes may per ``coalesce_timeout``
+        (``RedisCache.take_over_fill``). ``ACQUIRED``: the lock is this waiter's now;
+        ``HELD``: another's was; ``PASS``: hit-for-pass, go to the app without a lock. None
+        when Redis failed: this waiter fills without a lock.
+        """
+        window = self.config.coalesce_timeout
+        ttl = self.config.fill_lock_ttl
+        state = await self._lock_call(
+            request,
+            "fill takeover",
+            lambda gen: self.cache.take_over_fill(request.uhash, fill, ttl, window, gen),
+        )
+        if state != HELD and request.debug:
+            logger.debug(
+                "fill taken over after waiting %g s (coalesce_timeout): %s %r",
+                window,
+                request.method,
+                request.path,
+            )
+        return state
 
     async def _lock_call(
         self, request: Request, kind: str, call: Callable[[int], Coroutine[Any, Any, T]]
@@ -546,12 +640,18 @@ class CacheMiddleware:
                     request.path,
                 )
 
-    async def _serve_filled(self, request: Request, send: Send, fwd: str) -> bool:
-        """Serve the entry another request just filled, if it is there and usable."""
+    async def _serve_filled(
+        self, request: Request, send: Send, fwd: str, since: float | None = None
+    ) -> bool:
+        """Serve the entry another request just filled, if it is there and usable; with
+        ``since`` (a request ``no-cache``), only if the app produced it (``stored_at``, its
+        response's start) at or after that time."""
         found = await self._lookup(request)
         if found is None or found.entry is None:
             return False
         entry = found.entry
+        if since is not None and entry.stored_at < since:
+            return False
         age = entry.age(time.time())
         if age >= entry.fresh_for or (request.has_authorization and not entry.shared_with_auth):
             return False
@@ -564,6 +664,33 @@ class CacheMiddleware:
             logger.debug("collapsed (%s): %s %r", status, request.method, request.path)
         return True
 
+    async def _refill(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: Request,
+        default_ttl: float | None,
+    ) -> None:
+        """Answer a request ``no-cache`` (or ``Pragma: no-cache``) with a response the app
+        produced after it arrived (RFC 9111 5.2.1.4), coalesced like a miss: by its own app
+        call, whose response refills the entry, or by a fill of another request that began
+        answering after this one arrived (``Cache-Status: fwd=request; ...; collapsed``).
+
+        The lookup's entry does not answer it; what the lookup says of the URL (its Vary
+        names, the generation, a fill lock on a cold URL) is used as for a miss.
+        """
+        since = time.time()
+        found = await self._lookup(request, FillLock(variant="", token=new_token()))
+        if found is None:
+            forward = Forward(self, request, fwd="request", detail="redis-error", store=False)
+            await forward.run(scope, receive, send)
+            return
+        # Without its entry: an answer that may not be stored leaves the entry alone, as
+        # the answer to a bypass does (_drop_superseded).
+        request.found = Lookup(state=found.state, generation=found.generation, names=found.names)
+        await self._miss(scope, receive, send, request, "request", default_ttl, None, since=since)
+
     # -- background refresh (stale-while-revalidate) ---------------------------------------
 
     def _refresh_later(
@@ -573,7 +700,7 @@ class CacheMiddleware:
         if key in self._refreshing:
             return  # this process is refreshing it already: no second task, no lock attempt
         background_scope: Scope = {**scope, "method": "GET", "headers": list(scope["headers"])}
-        refresh = Request(background_scope, None)
+        refresh = Request(background_scope, self.config)
         refresh.uhash = request.uhash
         refresh.found = request.found
         started = self.background.spawn(
@@ -647,3 +774,66 @@ class CacheMiddleware:
             return message
 
         return wrapped
+
+
+def _private_refusal(request: Request, found: Lookup) -> str | None:
+    """Return why the entry found may not answer a private request (credentials, cookies),
+    else None: ``authorization`` unless the response allowed it (RFC 9111 3.5), ``cookie``
+    or ``credentials`` unless it is explicitly shared or keyed on them."""
+    entry = found.entry
+    assert entry is not None
+    if request.has_authorization and not entry.shared_with_auth:
+        return "authorization"
+    if not request.has_cookie and not request.credentials:
+        return None
+    return policy.private_request_refusal(
+        policy.is_explicitly_shared(entry.headers),
+        found.names or (),
+        request.has_cookie,
+        request.credentials,
+    )
+
+
+class _Fills:
+    """The requests of this process filling one fill key (URL hash and variant), or waiting
+    for another process's fill of it: the process's other requests for the key follow them.
+
+    Usually one; more when a waiter took a slow fill over (``_take_over``) while the slow
+    one runs on. Each one's end wakes every follower, so that any fill that stores serves
+    them all.
+    """
+
+    __slots__ = ("_ended", "_taken_until", "running")
+
+    def __init__(self) -> None:
+        #: How many are under way.
+        self.running = 0
+        #: Until when (monotonic) a waiter of this process has the takeover in hand.
+        self._taken_until = 0.0
+        self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def next_end(self, timeout: float) -> str:
+        """Wait for the next of them to end: its outcome, or "timeout" after ``timeout``."""
+        if timeout <= 0:
+            return "timeout"
+        try:
+            async with bounded(timeout):
+                return await asyncio.shield(self._ended)
+        except asyncio.TimeoutError:  # TimeoutError on 3.11+, not on 3.10
+            return "timeout"
+
+    def claim_takeover(self, window: float) -> bool:
+        """Whether a waiter whose wait ran out is the first of this process to in ``window``
+        seconds: it then tries to take the fill over (``_take_over``); the others wait
+        again, for its fill or, when it loses to another process, its look in Redis."""
+        now = time.monotonic()
+        if self._taken_until > now:
+            return False
+        self._taken_until = now + window
+        return True
+
+    def end(self, outcome: str) -> None:
+        """One of them ended, with ``outcome``: wake its followers."""
+        self.running -= 1
+        ended, self._ended = self._ended, asyncio.get_running_loop().create_future()
+        ended.set_result(outcome)

@@ -263,11 +263,19 @@ def decide_store(
     cacheable_statuses: Collection[int],
     cache_set_cookie: bool = False,
     request_has_authorization: bool = False,
+    request_has_cookie: bool = False,
+    request_credentials: tuple[str, ...] = (),
     stale_while_revalidate: float = 0.0,
     stale_if_error: float = 0.0,
     keep_for_revalidation: float = 0.0,
+    error_ttl: float | None = None,
 ) -> StoreDecision:
     """Return whether a response to a GET may be stored in a shared cache, and for how long.
+
+    ``request_has_cookie`` and ``request_credentials`` (the names of the operator's
+    credential headers the request carried) make the request a private one: its response is
+    stored only where it says it may be shared (``private_request_refusal``). ``error_ttl``
+    caps ``default_ttl`` for statuses other than 2xx and 3xx.
 
     Each guard below refuses one thing; the first that applies names the reason.
     """
@@ -322,6 +330,16 @@ def decide_store(
     # "Vary: *" can never match a later request.
     if vary is None:
         return refuse("vary-star")
+    # A request with a cookie or a credential header asked for its own page: shared only
+    # where the response says so, or is keyed on what made the request private.
+    private = private_request_refusal(
+        cc.public or cc.s_maxage is not None, vary, request_has_cookie, request_credentials
+    )
+    if private is not None:
+        return refuse(private)
+    if default_ttl is not None and error_ttl is not None and not 200 <= status < 400:
+        # An error page pinned for default_ttl is a denial of service: a short default.
+        default_ttl = min(default_ttl, error_ttl)
     lifetime = get_freshness_lifetime(cc, expires, date, now)
     if lifetime is None:
         # No explicit freshness: the configured default, if any.
@@ -368,6 +386,36 @@ def decide_store(
         shared_with_auth=shared_with_auth,
         initial_age=initial_age,
     )
+
+
+def private_request_refusal(
+    explicitly_shared: bool,
+    vary: tuple[str, ...],
+    has_cookie: bool,
+    credentials: tuple[str, ...],
+) -> str | None:
+    """Return why a response may not be shared with (or from) a private request, else None.
+
+    A request carrying ``Cookie`` (``has_cookie``) or one of the operator's credential
+    headers (``credentials``, lowercase names) asks for a page that may be its user's own,
+    as Varnish's builtin assumes. Such a request is answered from, or stored in, the shared
+    cache only when the response is ``explicitly_shared`` (``public`` or ``s-maxage``) or
+    is keyed on what made the request private (``Vary: Cookie``, ``Vary: X-Api-Key``):
+    ``cookie`` or ``credentials`` otherwise.
+    """
+    if explicitly_shared:
+        return None
+    if has_cookie and "cookie" not in vary:
+        return "cookie"
+    if any(name not in vary for name in credentials):
+        return "credentials"
+    return None
+
+
+def is_explicitly_shared(headers: RawHeaders) -> bool:
+    """Return whether a stored response says it may be shared: ``public`` or ``s-maxage``."""
+    cc = parse_cache_control(v for n, v in headers if n == b"cache-control")
+    return cc.public or cc.s_maxage is not None
 
 
 def _parse_age(value: bytes | None) -> float:
@@ -430,19 +478,25 @@ def marks_hit_for_pass(status: int, decision: StoreDecision, conditional_request
     requests for it skip coalescing for a while (hit-for-pass).
 
     Only a refused response does, and not every one: a 304 answering the client's own
-    validators says nothing of whether the full response is storable, and an error status
-    (``is_error_status``) says nothing of the next answer.
+    validators says nothing of whether the full response is storable, an error status
+    (``is_error_status``) says nothing of the next answer, and a refusal for what the
+    request carried (``REQUEST_REFUSALS``) says nothing of the next request.
     """
-    if decision.store:
+    if decision.store or decision.reason in REQUEST_REFUSALS:
         return False
     if status == 304 and conditional_request:
         return False
     return not is_error_status(status)
 
 
+#: Refusals caused by what one request carried (credentials, cookies, a range), which say
+#: nothing of whether the URL's responses can be stored: they never mark hit-for-pass, so
+#: that one request with a junk ``Authorization`` cannot turn coalescing off for a URL.
+REQUEST_REFUSALS = frozenset({"authorization", "cookie", "credentials", "partial"})
+
 #: Refusals that speak of one request rather than of the resource: the credentials it
 #: carried, a cookie set for one user, or the range it asked for.
-PER_REQUEST_REFUSALS = frozenset({"authorization", "set-cookie", "partial"})
+PER_REQUEST_REFUSALS = REQUEST_REFUSALS | {"set-cookie"}
 
 
 def supersedes_stored(status: int, decision: StoreDecision, conditional_request: bool) -> bool:

@@ -24,6 +24,9 @@ Answers are JSON with ``Cache-Control: no-store``:
 200    ``{"purged": N}`` (and ``"cleared": true``)
 400    ``{"error": "<field>: <what is wrong>"}``: malformed JSON, not an object, an unknown
        field, a wrongly typed or malformed value. Nothing is purged when any value is bad.
+       The body must be UTF-8 (a leading byte order mark is allowed), nested at most
+       ``MAX_DEPTH`` deep (checked before parsing), with no field twice in one object, no
+       ``NaN`` or ``Infinity`` and no lone surrogate escape (``"\\ud800"``) in a string.
 401    ``{}`` with ``WWW-Authenticate: Bearer``: the token is missing or wrong (the same answer
        for both). Checked before the body is read.
 405    ``Allow: POST, PURGE``: any other method.
@@ -47,6 +50,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -61,6 +65,11 @@ logger = logging.getLogger("redis_cache_middleware")
 #: The largest request body the endpoint reads, in bytes.
 MAX_BODY = 64 * 1024
 
+#: How deep a body may nest arrays and objects. The expected shape nests 2 deep (an object
+#: of lists); anything deeper is refused before ``json.loads`` sees it, so that the parser
+#: never recurses far (30 000 nested ``[`` made it raise ``RecursionError``).
+MAX_DEPTH = 8
+
 #: The methods the endpoint answers; every other one gets 405.
 ALLOWED_METHODS = ("POST", "PURGE")
 
@@ -74,6 +83,12 @@ _JSON_HEADERS = [
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?$")
 # What ``quote`` leaves alone in a path: "/" and the sub-delimiters, never "%", "?" or "#".
 _PATH_SAFE = "/:@!$&'()*+,;=~"
+# A JSON string, or the rest of the text from an unterminated one: it always matches at a
+# '"', so that stripping strings is one linear pass (with the closing quote required, each
+# '"' in a body of escaped quotes would scan to the end of the body: quadratic).
+_JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 #: The shortest purge token accepted (the endpoint can empty the cache).
@@ -249,24 +264,99 @@ def _check_list(data: dict[str, Any], name: str) -> list[object]:
     return value
 
 
+class _Number:
+    """A number in the body, kept as its text: no field takes one, so it is never converted
+    (a 60 000-digit integer would cost quadratic time on Python 3.10, and fail on 3.11+)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _no_constant(name: str) -> object:
+    raise BadRequest(f"body: {name} is not JSON")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:  # pragma: no branch - there is a duplicate
+            if name in seen:
+                raise BadRequest(f"{_show(name)}: duplicate field")
+            seen.add(name)
+    return data
+
+
+def _check_depth(text: str) -> None:
+    """Raise ``BadRequest`` if the JSON text nests arrays and objects deeper than
+    ``MAX_DEPTH``; brackets inside strings do not count. Linear, and runs in C but for the
+    ``max``: ``json.loads`` then never recurses deeper than ``MAX_DEPTH``.
+
+    The count may be wrong only past a point where the text is already malformed (an
+    unterminated string, an unmatched closing bracket), which the parser never goes past.
+    """
+    brackets = _NOT_BRACKET_RE.sub("", _JSON_STRING_RE.sub("", text))
+    if brackets.count("[") + brackets.count("{") <= MAX_DEPTH:
+        return
+    if max(accumulate(map(_DEPTH_STEP.__getitem__, brackets))) > MAX_DEPTH:
+        raise BadRequest(f"body: arrays and objects nested deeper than {MAX_DEPTH} levels")
+
+
+def _check_text(value: object, field: str) -> object:
+    """Return ``value``; raise ``BadRequest`` if it is a string with a lone surrogate (from a
+    ``\\ud800`` escape): not Unicode text, so it names nothing that can be stored."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(f"{field}: a lone surrogate escape in {_show(value)}") from None
+    return value
+
+
 def _parse(body: bytes) -> _Work:
     try:
-        data = json.loads(body)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        # RFC 8259: JSON between systems is UTF-8 (json.loads would also take UTF-16 and 32).
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"body: malformed JSON (not UTF-8: {exc.reason} at byte {exc.start})"
+        ) from None
+    _check_depth(text)
+    try:
+        data = json.loads(
+            text,
+            object_pairs_hook=_object,
+            parse_int=_Number,
+            parse_float=_Number,
+            parse_constant=_no_constant,
+        )
+    except ValueError as exc:  # JSONDecodeError
         raise BadRequest(f"body: malformed JSON ({exc})") from None
+    except RecursionError:  # pragma: no cover - _check_depth keeps the parser shallow
+        raise BadRequest("body: arrays and objects nested too deep") from None
     if not isinstance(data, dict):
         raise BadRequest(f"body: expected a JSON object, got {_type_name(data)}")
     for name in data:
         if name not in FIELDS:
             raise BadRequest(f"{_show(name)}: unknown field (expected {', '.join(FIELDS)})")
-    urls = [check_url(u, f"urls[{i}]") for i, u in enumerate(_check_list(data, "urls"))]
+    urls = [
+        check_url(_check_text(u, f"urls[{i}]"), f"urls[{i}]")
+        for i, u in enumerate(_check_list(data, "urls"))
+    ]
     tags: list[str] = []
     for i, tag in enumerate(_check_list(data, "tags")):
         if not isinstance(tag, str) or not tag:
             raise BadRequest(f"tags[{i}]: expected a non-empty string, got {_show(tag)}")
+        _check_text(tag, f"tags[{i}]")
         tags.append(tag)
     prefixes = [
-        check_prefix(p, f"prefixes[{i}]") for i, p in enumerate(_check_list(data, "prefixes"))
+        check_prefix(_check_text(p, f"prefixes[{i}]"), f"prefixes[{i}]")
+        for i, p in enumerate(_check_list(data, "prefixes"))
     ]
     clear = data.get("all", False)
     if not isinstance(clear, bool):
@@ -353,7 +443,7 @@ def _type_name(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, _Number)):
         return "a number"
     if isinstance(value, str):
         return "a string"

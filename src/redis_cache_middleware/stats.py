@@ -34,6 +34,10 @@ class CacheStats:
     stored: int = 0
     not_stored: Counter[str] = field(default_factory=Counter)
     redis_error: int = 0
+    #: Redis calls that timed out while the event loop lagged (CPU overload of this process,
+    #: not a Redis fault): the request went on without the cache, as for any Redis error
+    #: (also counted in ``redis_error``), but the circuit breaker does not count them.
+    loop_lag: int = 0
     #: Redis calls the circuit breaker skipped while open.
     breaker_skipped: int = 0
     #: Circuit breaker state changes, by ``"old->new"`` (e.g. ``"closed->open"``).
@@ -58,6 +62,7 @@ class CacheStats:
             "stored": self.stored,
             "not_stored": dict(self.not_stored),
             "redis_error": self.redis_error,
+            "loop_lag": self.loop_lag,
             "breaker_skipped": self.breaker_skipped,
             "breaker_transitions": dict(self.breaker_transitions),
             "purged": self.purged,
