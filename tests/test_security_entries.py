@@ -244,6 +244,20 @@ async def test_inspect_url_skips_a_forged_variant_member(
     assert [i.key for i in infos] == [keys.variant_key(base, real)]
 
 
+async def test_a_forged_variant_member_does_not_stop_a_purge(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    # It made purge_url raise (UnicodeDecodeError), and so the invalidation after an unsafe
+    # request: the stored entry outlived the POST that should have removed it.
+    origin = Origin()
+    app = app_for(cache, origin)
+    assert b"stored" in (await get(app)).cache_status
+    base = base_key(cache)
+    await redis_client.sadd(keys.variants_key(base), b"\xff\xfe")
+    assert await cache.purge_url(f"http://testserver{PATH}") == 1
+    assert await redis_client.exists(base, keys.variants_key(base)) == 0
+
+
 # -- a real server: the connection survives a forged CRLF entry ----------------------------
 
 

@@ -901,7 +901,12 @@ class RedisCache:
             entry = is_entry is True or is_entry == 1
             entries = [base] if entry else []
             if isinstance(members, (set, list)):
-                entries += [keys.variant_key(base, _text(m)) for m in members]
+                # A member that is no variant hash (not ASCII) is none of ours: left out.
+                entries += [
+                    keys.variant_key(base, m.decode("ascii"))
+                    for m in members
+                    if isinstance(m, bytes) and m.isascii()
+                ]
             groups.append(entries)
             groups.append([keys.variants_key(base)] + ([] if entry else [base]))
         removed = await self._unlink(groups)

@@ -164,7 +164,7 @@ def _headers(raw: bytes) -> RawHeaders:
     for item in items:
         if type(item) is not tuple or len(item) != 2:
             raise ValueError("header pair")
-    names, values = zip(*items, strict=True)
+    names, values = zip(*items, strict=False)  # every pair is two long: checked above
     # join raises TypeError for a name or value that is not bytes (msgpack gives no other
     # bytes-like type); this runs on every hit, hence whole-list checks rather than a loop.
     if (
