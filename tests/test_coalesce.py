@@ -687,13 +687,11 @@ async def test_head_and_only_if_cached_take_no_lock(cache: RedisCache, redis_cli
 
 # INFO commandstats is a real single Redis's: fakeredis has none, a cluster spreads them.
 @pytest.mark.parametrize("backend", ["redis"], indirect=True)
-async def test_hits_on_a_url_seen_stored_are_one_read_script_call(
+async def test_hits_on_a_url_seen_stored_are_one_plain_hgetall(
     cache: RedisCache, redis_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # One command, one round trip per hit: an EVALSHA of READ_SCRIPT (the entry's fields and
-    # its PTTL, inside the script), no lock, no pipeline.
-    from redis_cache_middleware._scripts import READ_SCRIPT
-
+    # One command, one round trip per hit: a plain HGETALL while this process knows the key
+    # has a TTL (it stored it); no script, no lock, no pipeline.
     origin = Origin()
     sent: list[tuple[Any, ...]] = []
     send = redis_client.execute_command
@@ -712,16 +710,10 @@ async def test_hits_on_a_url_seen_stored_are_one_read_script_call(
             assert "hit" in response.headers["cache-status"]
         monkeypatch.undo()
     stats = await redis_client.info("commandstats")
-    assert stats["cmdstat_evalsha"]["calls"] == 20
-    # Called by the script, not sent: its TYPE, HGETALL and PTTL, one each per hit.
-    in_script = {"type", "hgetall", "pttl"}
-    assert {name: stats[f"cmdstat_{name}"]["calls"] for name in in_script} == dict.fromkeys(
-        in_script, 20
-    )
-    sent_names = {name.removeprefix("cmdstat_") for name in stats} - in_script
-    assert sent_names == {"evalsha", "config|resetstat"}
-    read_sha = redis_client.register_script(READ_SCRIPT).sha
-    assert [(a[0], a[1], a[2]) for a in sent] == [("EVALSHA", read_sha, 1)] * 20
+    assert stats["cmdstat_hgetall"]["calls"] == 20
+    sent_names = {name.removeprefix("cmdstat_") for name in stats}
+    assert sent_names == {"hgetall", "config|resetstat"}
+    assert [a[0] for a in sent] == ["HGETALL"] * 20
 
 
 def test_fill_tokens_are_unique_and_name_the_process() -> None:

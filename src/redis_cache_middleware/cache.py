@@ -500,17 +500,26 @@ class RedisCache:
         base = keys.url_key(self.namespace, generation, uhash)
         guessed_key: str | None = None
         check = time.monotonic() - self._generation_checked_at >= self._generation_interval
+        #: The PTTL a script read with the URL's key (None: a plain HGETALL read it).
+        known_ttl: Any = None
         if not guess and not check:
-            # The common hit: one command (READ_SCRIPT: the fields and the TTL), one round trip.
-            if fill is not None and self._stored_until.get(uhash, 0.0) < time.monotonic():
+            if self._stored_until.get(uhash, 0.0) >= time.monotonic():
+                # The common hit: one plain HGETALL. This process knows the key has a TTL
+                # until then (its own store set it, or a script read it): a key without one
+                # (not ours) is caught by the next script read, once that deadline passes.
+                replies = [None, await self._hgetall(base)]
+            elif fill is not None:
                 # Likely a miss: the same round trip also tries the fill lock.
                 reply = await self._lookup_or_lock(base, fill, fill_ttl)
                 if isinstance(reply, int):
                     self._remember_vary(uhash, None)
                     return Lookup(state="uri-miss", generation=generation, lock=reply)
+                known_ttl = _first_pttl(reply)
                 replies = [None, *_hash_replies(reply, 1)]
             else:
-                replies = [None, *await self._read([base])]
+                reply = await self._read_reply([base])
+                known_ttl = _first_pttl(reply)
+                replies = [None, *_hash_replies(reply, 1)]
         else:
             while True:
                 if guess:
@@ -520,7 +529,9 @@ class RedisCache:
                 read_keys = [base] if guessed_key is None else [base, guessed_key]
                 if not check:
                     # The URL's key and the guessed variant's: one command.
-                    replies = [None, *await self._read(read_keys)]
+                    read_reply = await self._read_reply(read_keys)
+                    known_ttl = _first_pttl(read_reply)
+                    replies = [None, *_hash_replies(read_reply, len(read_keys))]
                     break
                 async with self._client.pipeline(transaction=False) as pipe:
                     pipe.get(self._generation_key)
@@ -532,6 +543,7 @@ class RedisCache:
                     _garbage_or_raise(gen_reply)
                 if isinstance(read_reply, ResponseError):
                     raise read_reply
+                known_ttl = _first_pttl(read_reply)
                 replies = [gen_reply, *_hash_replies(read_reply, len(read_keys))]
                 self._generation_checked_at = time.monotonic()
                 current = _parse_generation(gen_reply)
@@ -550,7 +562,10 @@ class RedisCache:
             return Lookup(state=state, generation=generation)
         if isinstance(found, CachedEntry):
             self._remember_vary(uhash, None)
-            self._remember_stored(uhash, found.fresh_for + found.stale_for - found.age(time.time()))
+            if isinstance(known_ttl, int) and known_ttl > 0:
+                # Only a TTL Redis reported extends the plain-read window, never the entry's
+                # own claim of freshness (which whoever wrote the key chose).
+                self._remember_stored(uhash, known_ttl / 1000)
             return Lookup(state="hit", generation=generation, entry=found, key=base)
         names = found.names
         self._remember_vary(uhash, names)
@@ -576,17 +591,28 @@ class RedisCache:
         except ResponseError as exc:  # WRONGTYPE inside the script: garbage at our key
             return _garbage_or_raise(exc)
 
+    async def _hgetall(self, key: str) -> Any:
+        """Return HGETALL of a key, or the error when the key holds another type."""
+        try:
+            return await self._client.hgetall(key)
+        except ResponseError as exc:  # WRONGTYPE: garbage at our key, a miss
+            return _garbage_or_raise(exc)
+
     async def _read(self, read_keys: list[str]) -> list[Any]:
         """Return, for each key (of one URL: one slot), its fields as HGETALL would, or
         ``NOT_OURS`` for a key holding another type or a hash without a TTL: one command."""
+        return _hash_replies(await self._read_reply(read_keys), len(read_keys))
+
+    async def _read_reply(self, read_keys: list[str]) -> Any:
+        """Return READ_SCRIPT's reply for the keys (PTTL, fields, per key): one command."""
         script = self._read_script
         try:
             # EVALSHA itself: calling the script object costs a hit ~4% more CPU (it runs an
             # import statement on every call); it is there to load the script when missing.
             reply = await self._client.evalsha(script.sha, len(read_keys), *read_keys)
         except NoScriptError:
-            reply = await script(keys=read_keys)
-        return _hash_replies(reply, len(read_keys))
+            return await script(keys=read_keys)
+        return reply
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -1287,6 +1313,11 @@ class _NotOurs:
 
 
 NOT_OURS = _NotOurs()
+
+
+def _first_pttl(reply: Any) -> Any:
+    """Return the PTTL a READ_SCRIPT or LOOKUP_SCRIPT reply gives for its first key."""
+    return reply[0] if isinstance(reply, list) and reply else None
 
 
 def _hash_replies(reply: Any, count: int) -> list[Any]:

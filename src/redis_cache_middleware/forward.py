@@ -134,6 +134,7 @@ class Request:
         "path",
         "pragma",
         "prefill",
+        "private",
         "scheme",
         "started",
         "uhash",
@@ -200,12 +201,9 @@ class Request:
         self.host = hosts[0] if len(hosts) == 1 else b"\x00".join(hosts)
         if self.cookies and not config.share_cookie_requests:
             self.has_cookie = self.cookie_filter is None or bool(self._kept_cookies())
-
-    @property
-    def private(self) -> bool:
-        """Return whether the request carries credentials or cookies: its page may be its
-        user's own, so it neither waits on nor fills for others (no coalescing)."""
-        return self.has_authorization or self.has_cookie or bool(self.credentials)
+        #: Whether the request carries credentials or cookies: its page may be its user's
+        #: own, so it neither waits on nor fills for others (no coalescing).
+        self.private = self.has_authorization or self.has_cookie or bool(self.credentials)
 
     @property
     def host_key(self) -> bytes:
