@@ -1362,6 +1362,23 @@ def test_merge_not_modified_updates_fields_in_place_and_keeps_framing() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "name", [b"upgrade", b"te", b"trailer", b"proxy-connection", b"connection", b"keep-alive"]
+)
+def test_merge_not_modified_takes_no_connection_field_from_the_304(name: bytes) -> None:
+    # A 304's framing of its own connection is no part of the stored response: merged in,
+    # it would make the refreshed entry one that decode refuses (a miss on every request).
+    merged = merge_not_modified(STORED, [(name, b"x"), (b"x-new", b"1")])
+    assert (name, b"x") not in merged and (b"x-new", b"1") in merged
+
+
+@pytest.mark.parametrize(
+    "vary", [b"accept language", b"accept, x:y", b"x\x01"], ids=["space", "colon", "control"]
+)
+def test_a_vary_name_that_is_no_field_name_is_not_stored(vary: bytes) -> None:
+    assert decide([cc(b"max-age=60"), (b"vary", vary)]).reason == "vary-invalid"
+
+
 def test_merge_not_modified_without_fields_keeps_the_stored_headers() -> None:
     assert merge_not_modified(STORED, []) == STORED
     assert merge_not_modified(STORED, [(b"content-length", b"0")]) == STORED

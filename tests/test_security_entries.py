@@ -313,3 +313,37 @@ def test_the_forgeries_start_from_a_readable_entry() -> None:
     # can make it a miss.
     assert forged_entry(status=b"99")[F_STATUS] == b"99"
     assert isinstance(decode(forged_entry()), CachedEntry)
+
+
+async def test_a_forged_tag_member_never_deletes_a_key_outside_the_namespace(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    # Whoever can write our tag set could name any key in it; a purge by that tag deletes
+    # only keys of this namespace, and a member that is not text does not stop it.
+    tkey = keys.tag_key(cache.namespace, cache.generation, "t")
+    outside = "{" + cache.namespace + "}-other:precious"  # another slot, another owner
+    await redis_client.set(outside, b"keep me")
+    far = int(time.time() * 1000) + 60_000
+    await redis_client.zadd(tkey, {outside: far, b"\xff\xfe": far})
+    assert await cache.purge_tag("t") == 0
+    assert await redis_client.get(outside) == b"keep me"
+    await redis_client.delete(outside)
+
+
+async def test_a_response_with_a_header_no_server_could_send_is_not_stored(
+    cache: RedisCache,
+) -> None:
+    # Stored, it would be read as damaged on every request: a miss and a store, each time.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"cache-control", b"max-age=60"), (b"x-bad", b"a\x01b")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    wrapped = CacheMiddleware(app, cache=cache, timeout=TEST_TIMEOUT)
+    transport = httpx.ASGITransport(app=wrapped)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        answer = await client.get("/bad")
+    assert answer.headers["cache-status"].endswith("detail=unsendable")
+    assert await cache.inspect_url("http://testserver/bad") == []

@@ -21,7 +21,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -970,7 +970,7 @@ class RedisCache:
         now_ms = int(time.time() * 1000)
         tkeys = [keys.tag_key(self.namespace, gen, t) for t in tags]
         marked = await self._mark([([tkey], [now_ms]) for tkey in tkeys])
-        members = sorted({_text(m) for pairs in marked for m, _ in pairs})
+        members = sorted(self._own_keys(m for pairs in marked for m, _ in pairs))
         removed = await self._unlink(_by_slot(members))
         # Remove only what was read, and only where nothing was stored since: an entry
         # tagged meanwhile, or the same URL stored again, stays findable.
@@ -979,6 +979,21 @@ class RedisCache:
         self.stats.purged += total
         await self._purged(PurgeEvent("tag", tuple(tags), total))
         return total
+
+    def _own_keys(self, members: Iterable[Any]) -> set[str]:
+        """Return the index members that name keys of this namespace: a member that is not
+        text, or names a key elsewhere (written by whoever else can write our keys), is
+        never deleted; it is swept out of the index like the others."""
+        prefix = f"{self.namespace}:"
+        own: set[str] = set()
+        for member in members:
+            try:
+                key = _text(member)
+            except UnicodeDecodeError:
+                continue
+            if key.startswith(prefix):
+                own.add(key)
+        return own
 
     @_admin
     async def purge_prefix(self, path_prefix: str, *, host: str | None = None) -> int:

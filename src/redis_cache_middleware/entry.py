@@ -167,15 +167,29 @@ def _headers(raw: bytes) -> RawHeaders:
     names, values = zip(*items, strict=False)  # every pair is two long: checked above
     # join raises TypeError for a name or value that is not bytes (msgpack gives no other
     # bytes-like type); this runs on every hit, hence whole-list checks rather than a loop.
-    if (
+    if not _sendable(names, values):
+        raise ValueError("header fields a server could not send")
+    return list(items)
+
+
+def _sendable(names: tuple[bytes, ...], values: tuple[bytes, ...]) -> bool:
+    return not (
         not all(names)
         or 0 in b"".join(names).translate(_NAME_TABLE)
         or 0 in b"".join(values).translate(_VALUE_TABLE)
         or not NEVER_STORED.isdisjoint(names)
         or names.count(b"content-length") > 1
-    ):
-        raise ValueError("header fields a server could not send")
-    return list(items)
+    )
+
+
+def is_sendable(headers: RawHeaders) -> bool:
+    """Return whether response headers (names lowercased, framing fields dropped) are what
+    ``decode`` accepts: token names, values without control characters but HTAB, at most one
+    ``Content-Length``. Headers that are not would be stored only to be read as damaged."""
+    if not headers:
+        return True
+    names, values = zip(*headers, strict=True)
+    return _sendable(names, values)
 
 
 def _strings(raw: bytes) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from redis.exceptions import ResponseError
 
+from . import entry as entry_codec
 from . import policy
 from ._timeouts import bounded, run_bounded
 from ._types import Message, RawHeaders, Receive, Scope, Send
@@ -467,6 +468,12 @@ class Forward:
         decision = self._decide(self.status, self.headers, self.stored_at)
         if decision.store and message.get("trailers"):
             decision = policy.refuse("trailers")
+        if decision.store and not entry_codec.is_sendable(
+            [(k, v) for k, v in self.headers if k not in HOP_BY_HOP]
+        ):
+            # A header no server could send again (a control character, a name that is not
+            # a token, two Content-Lengths): stored, it would only ever be read as damaged.
+            decision = policy.refuse("unsendable")
         # max_body_size bounds a whole entry: all it stores besides the body (headers, the
         # request values it varies on, as stored, and its tags) counts with the body.
         header_bytes = sum(len(k) + len(v) for k, v in self.headers)

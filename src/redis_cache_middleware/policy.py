@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -158,6 +159,15 @@ def parse_http_date(value: bytes) -> float | None:
         return parsed.timestamp()
     except (OverflowError, OSError, ValueError):  # pragma: no cover - platform limits
         return None
+
+
+#: An RFC 9110 field name (``token``), lowercase.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+
+
+def is_field_name(name: str) -> bool:
+    """Return whether a lowercase name is an RFC 9110 field name (a token)."""
+    return _FIELD_NAME.fullmatch(name) is not None
 
 
 def parse_vary(values: Iterable[bytes]) -> tuple[str, ...] | None:
@@ -330,6 +340,10 @@ def decide_store(
     # "Vary: *" can never match a later request.
     if vary is None:
         return refuse("vary-star")
+    # A Vary name that is no field name (``accept language``) names nothing a request can
+    # carry, and such a marker would be read as damaged: never stored.
+    if not all(map(is_field_name, vary)):
+        return refuse("vary-invalid")
     # A request with a cookie or a credential header asked for its own page: shared only
     # where the response says so, or is keyed on what made the request private.
     private = private_request_refusal(
@@ -641,6 +655,10 @@ _KEEP_ON_UPDATE = frozenset(
         b"transfer-encoding",
         b"connection",
         b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
         b"age",
     }
 )
