@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import httpx
 from fastapi import FastAPI
@@ -119,3 +126,57 @@ def http_scope(path: str, host: str = "testserver") -> dict[str, Any]:
         "client": ("127.0.0.1", 50000),
         "server": (host, 80),
     }
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def uvicorn_on_loopback(
+    target: str,
+    *,
+    redis_url: str,
+    namespace: str,
+    probe: str,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    stderr: IO[bytes] | None = None,
+    settle: float = 0.0,
+) -> Iterator[str]:
+    """Serve ``target`` (``module:app``) with a real uvicorn on a free loopback port, its
+    cache on ``redis_url`` in ``namespace`` (``REDIS_URL``, ``E2E_NAMESPACE``); yield the
+    base URL once ``probe`` answers (and ``settle`` seconds more), stop it afterwards."""
+    port = free_port()
+    environ = dict(os.environ, REDIS_URL=redis_url, E2E_NAMESPACE=namespace, **(env or {}))
+    environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), str(ROOT / "src"), environ.get("PYTHONPATH", "")]
+    )
+    command = [sys.executable, "-m", "uvicorn", *args, target, "--host", "127.0.0.1"]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT,
+        env=environ,
+        stderr=stderr,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}{probe}", timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("uvicorn did not start") from None
+                time.sleep(0.1)
+        time.sleep(settle)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

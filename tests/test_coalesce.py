@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Collection, Iterator
@@ -22,8 +21,8 @@ from redis_cache_middleware.cache import FillLock
 from redis_cache_middleware.config import CacheConfig
 from redis_cache_middleware.middleware import POLL_CAP
 
-from .conftest import RedisServer, free_port
-from .helpers import Origin, Spec, http_scope, make_client
+from .conftest import RedisServer
+from .helpers import Origin, Spec, http_scope, make_client, uvicorn_on_loopback
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as deadline
@@ -533,49 +532,19 @@ async def test_owner_raising_releases_lock_for_waiters(cache: RedisCache) -> Non
 
 @pytest.fixture
 def workers(redis_server: RedisServer, namespace: str) -> Iterator[tuple[str, redis.Redis]]:
-    port = free_port()
-    env = dict(
-        os.environ,
-        REDIS_URL=redis_server.url,
-        E2E_NAMESPACE=namespace,
-        E2E_DELAY="0.2",
-    )
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tests.e2e_app:app",
-            "--workers",
-            "4",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
     client = redis.Redis.from_url(redis_server.url)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/calls", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("uvicorn did not start") from None
-                time.sleep(0.2)
-        time.sleep(1.0)  # let every worker come up
-        yield base, client
+        with uvicorn_on_loopback(
+            "tests.e2e_app:app",
+            redis_url=redis_server.url,
+            namespace=namespace,
+            probe="/calls",
+            args=["--workers", "4"],
+            env={"E2E_DELAY": "0.2"},
+            settle=1.0,  # let every worker come up
+        ) as base:
+            yield base, client
     finally:
-        process.terminate()
-        process.wait(timeout=20)
         client.close()
 
 

@@ -2,57 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import RedisServer, free_port
+from .conftest import RedisServer
+from .helpers import uvicorn_on_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def server(redis_server: RedisServer, namespace: str) -> Iterator[str]:
-    port = free_port()
-    env = dict(os.environ, REDIS_URL=redis_server.url, E2E_NAMESPACE=namespace)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tests.e2e_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{base}/calls", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("uvicorn did not start") from None
-                time.sleep(0.1)
+    with uvicorn_on_loopback(
+        "tests.e2e_app:app", redis_url=redis_server.url, namespace=namespace, probe="/calls"
+    ) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_uvicorn_miss_then_hit(server: str) -> None:

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import os
 import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -38,7 +35,7 @@ from redis_cache_middleware._types import Message
 
 from .cluster_fixtures import unavailable
 from .conftest import RedisServer, free_port
-from .helpers import http_scope
+from .helpers import http_scope, uvicorn_on_loopback
 
 pytestmark = pytest.mark.anyio
 
@@ -370,28 +367,11 @@ async def test_an_ignored_query_parameter_never_reaches_the_app(cache: RedisCach
 @pytest.fixture
 def attack_server(redis_server: RedisServer, namespace: str) -> Iterator[tuple[str, int]]:
     """``tests/attack_app.py`` under a real uvicorn on loopback, on the real Redis."""
-    root = Path(__file__).resolve().parent.parent
-    port = free_port()
-    env = dict(os.environ, REDIS_URL=redis_server.url, E2E_NAMESPACE=namespace)
-    env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "src"), env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "uvicorn", "tests.attack_app:app", "--host", "127.0.0.1"]
-    process = subprocess.Popen(
-        [*command, "--port", str(port), "--log-level", "warning"], cwd=root, env=env
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/me", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("uvicorn did not start") from None
-                time.sleep(0.1)
-        yield "127.0.0.1", port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with uvicorn_on_loopback(
+        "tests.attack_app:app", redis_url=redis_server.url, namespace=namespace, probe="/me"
+    ) as base:
+        host, port = base.removeprefix("http://").split(":")
+        yield host, int(port)
 
 
 def raw_http(address: tuple[str, int], request: bytes) -> bytes:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +30,8 @@ from redis_cache_middleware.breaker import CLOSED, LOOP_LAG_SHARE, OPEN, Circuit
 from redis_cache_middleware.forward import SKIPPED, guarded, warn
 from redis_cache_middleware.purge import MAX_BODY, MAX_DEPTH, PurgeEndpoint
 
-from .conftest import RedisServer, free_port
-from .helpers import PRODUCT_TIMEOUT, Origin, make_client
+from .conftest import RedisServer
+from .helpers import PRODUCT_TIMEOUT, Origin, make_client, uvicorn_on_loopback
 
 pytestmark = pytest.mark.anyio
 
@@ -222,44 +220,18 @@ def uvicorn_purge(
     """A uvicorn on loopback serving ``purge_app``; yields its URL and the file its
     stderr (its log, at warning level and above) goes to."""
     log = tmp_path / "uvicorn.log"
-    port = free_port()
-    env = dict(os.environ, REDIS_URL=redis_server.url, E2E_NAMESPACE=namespace)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    stderr = log.open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
+    with (
+        log.open("wb") as stderr,
+        uvicorn_on_loopback(
             f"{__name__}:purge_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        stderr=stderr,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{base}/page", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("uvicorn did not start") from None
-                time.sleep(0.05)
+            redis_url=redis_server.url,
+            namespace=namespace,
+            probe="/page",
+            args=["--factory"],
+            stderr=stderr,
+        ) as base,
+    ):
         yield base, log
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        stderr.close()
 
 
 def test_uvicorn_deeply_nested_purge_body_is_400_and_the_server_goes_on(
