@@ -198,6 +198,8 @@ class RedisCache:
         #: Recent URLs' hashes, by what url_hash was given (emptied when full).
         self._hash_memo: dict[tuple[str, str, bytes, str, bytes], str] = {}
         self._query_filter: Callable[[str], bool] | None = None
+        #: Whether any query parameter is ignored (``ignore_query_params``).
+        self.has_ignored_query = False
         #: What the middlewares using this cache did, in this process.
         self.stats = CacheStats()
         #: Skips Redis for a cool-down after repeated failures (shared by the middlewares).
@@ -393,12 +395,8 @@ class RedisCache:
             if pattern not in self._ignored_query:
                 self._ignored_query.append(pattern)
         self._query_filter = keys.make_query_filter(self._ignored_query)
+        self.has_ignored_query = self._query_filter is not None
         self._hash_memo.clear()
-
-    @property
-    def has_ignored_query(self) -> bool:
-        """Return whether any query parameter is ignored (``ignore_query_params``)."""
-        return self._query_filter is not None
 
     def app_query(self, query_string: bytes) -> bytes:
         """Return the raw query as keys see it: without the ignored parameters."""

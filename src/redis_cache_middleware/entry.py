@@ -167,7 +167,7 @@ def _headers(raw: bytes) -> RawHeaders:
     names, values = zip(*items, strict=False)  # every pair is two long: checked above
     # join raises TypeError for a name or value that is not bytes (msgpack gives no other
     # bytes-like type); this runs on every hit, hence whole-list checks rather than a loop.
-    if not _sendable(names, values):
+    if not _sendable(names, values) or not NEVER_STORED.isdisjoint(names):
         raise ValueError("header fields a server could not send")
     return list(items)
 
@@ -177,15 +177,15 @@ def _sendable(names: tuple[bytes, ...], values: tuple[bytes, ...]) -> bool:
         not all(names)
         or 0 in b"".join(names).translate(_NAME_TABLE)
         or 0 in b"".join(values).translate(_VALUE_TABLE)
-        or not NEVER_STORED.isdisjoint(names)
         or names.count(b"content-length") > 1
     )
 
 
 def is_sendable(headers: RawHeaders) -> bool:
-    """Return whether response headers (names lowercased, framing fields dropped) are what
-    ``decode`` accepts: token names, values without control characters but HTAB, at most one
-    ``Content-Length``. Headers that are not would be stored only to be read as damaged."""
+    """Return whether response headers (names lowercased) pass ``decode``'s field checks:
+    token names, values without control characters but HTAB, at most one
+    ``Content-Length``. Headers that do not would be stored only to be read as damaged.
+    (Framing fields, which ``decode`` also refuses, are dropped before a store.)"""
     if not headers:
         return True
     names, values = zip(*headers, strict=True)

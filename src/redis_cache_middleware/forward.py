@@ -328,6 +328,8 @@ class Forward:
         self.decision: policy.StoreDecision | None = None
         #: The request headers the entry varies on and this request's values of them.
         self._vary: tuple[tuple[str, ...], list[bytes | None] | None] | None = None
+        #: Those values as the entry stores them (``vary_record``), once computed.
+        self._vary_record: tuple[tuple[str, bytes | None], ...] = ()
         self.start: Message | None = None
         self.started_client = False
         self.swallow = False
@@ -468,9 +470,7 @@ class Forward:
         decision = self._decide(self.status, self.headers, self.stored_at)
         if decision.store and message.get("trailers"):
             decision = policy.refuse("trailers")
-        if decision.store and not entry_codec.is_sendable(
-            [(k, v) for k, v in self.headers if k not in HOP_BY_HOP]
-        ):
+        if decision.store and not entry_codec.is_sendable(self.headers):
             # A header no server could send again (a control character, a name that is not
             # a token, two Content-Lengths): stored, it would only ever be read as damaged.
             decision = policy.refuse("unsendable")
@@ -479,9 +479,11 @@ class Forward:
         header_bytes = sum(len(k) + len(v) for k, v in self.headers)
         if decision.store:
             names, values = self._vary = self._varying(decision)
-            header_bytes += sum(
-                len(n) + len(v or b"") for n, v in vary_record(names, values)
-            ) + sum(len(t) for t in self.tags)
+            if names:
+                self._vary_record = vary_record(names, values)
+                header_bytes += sum(len(n) + len(v or b"") for n, v in self._vary_record)
+            if self.tags:
+                header_bytes += sum(len(t) for t in self.tags)
         if decision.store and (
             header_bytes > config.max_body_size
             or _declared_length(self.headers) > config.max_body_size - header_bytes
@@ -576,7 +578,7 @@ class Forward:
             body,
             self.stored_at,
             self.tags,
-            vary_record(names, values),
+            self._vary_record or vary_record(names, values),
         )
 
     def _decide(self, status: int, headers: RawHeaders, now: float) -> policy.StoreDecision:

@@ -346,11 +346,12 @@ def decide_store(
         return refuse("vary-invalid")
     # A request with a cookie or a credential header asked for its own page: shared only
     # where the response says so, or is keyed on what made the request private.
-    private = private_request_refusal(
-        cc.public or cc.s_maxage is not None, vary, request_has_cookie, request_credentials
-    )
-    if private is not None:
-        return refuse(private)
+    if request_has_cookie or request_credentials:
+        private = private_request_refusal(
+            cc.public or cc.s_maxage is not None, vary, request_has_cookie, request_credentials
+        )
+        if private is not None:
+            return refuse(private)
     if default_ttl is not None and error_ttl is not None and not 200 <= status < 400:
         # An error page pinned for default_ttl is a denial of service: a short default.
         default_ttl = min(default_ttl, error_ttl)
