@@ -180,3 +180,17 @@ def uvicorn_on_loopback(
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+async def asgi_call(app: Any, scope: dict[str, Any]) -> list[dict[str, Any]]:
+    """Call an ASGI app with one empty-bodied request; return every message it sent."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent

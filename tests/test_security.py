@@ -35,7 +35,7 @@ from redis_cache_middleware._types import Message
 
 from .cluster_fixtures import unavailable
 from .conftest import RedisServer, free_port
-from .helpers import http_scope, uvicorn_on_loopback
+from .helpers import asgi_call, http_scope, uvicorn_on_loopback
 
 pytestmark = pytest.mark.anyio
 
@@ -290,15 +290,7 @@ async def raw_get(
     scope = http_scope(path, SITE)
     scope["query_string"] = query
     scope["headers"] = [*scope["headers"], *(headers or [])]
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
+    sent = await asgi_call(app, scope)
     start = sent[0]
     body = b"".join(m.get("body", b"") for m in sent[1:])
     return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body

@@ -22,7 +22,6 @@ import redis.asyncio
 from starlette.applications import Starlette
 
 from redis_cache_middleware import CacheMiddleware, RedisCache, keys
-from redis_cache_middleware._types import Message
 from redis_cache_middleware.entry import (
     F_STATUS,
     CachedEntry,
@@ -33,7 +32,7 @@ from redis_cache_middleware.entry import (
 )
 
 from .conftest import RedisServer
-from .helpers import TEST_TIMEOUT, Origin, http_scope, starlette_app
+from .helpers import TEST_TIMEOUT, Origin, asgi_call, http_scope, starlette_app
 from .test_e2e_uvicorn import server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.anyio
@@ -71,15 +70,7 @@ def app_for(cache: RedisCache, origin: Origin) -> Starlette:
 async def get(app: Starlette) -> Answer:
     scope = http_scope(PATH)
     scope["headers"] = [*scope["headers"], (b"accept", ACCEPT)]
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
+    sent = await asgi_call(app, scope)
     assert sent and sent[0]["type"] == "http.response.start"
     assert all(m["type"] == "http.response.body" for m in sent[1:])
     return Answer(

@@ -175,7 +175,7 @@ def parse_vary(values: Iterable[bytes]) -> tuple[str, ...] | None:
     names: set[str] = set()
     for raw in values:
         for part in raw.decode("latin-1").split(","):
-            name = part.strip().lower()
+            name = part.strip(" \t").lower()  # OWS only (RFC 9110 5.6.1)
             if name == "*":
                 return None
             if name:
