@@ -41,6 +41,10 @@ async def app_client(
         rate_limit_calls=rate_limit_calls,
         rate_limit_period=rate_limit_period,
     )
+    # What the lifespan's warm-up does, and a first script call: the example keeps the
+    # product's 100 ms Redis timeout, which a cold Lua runtime on a loaded machine can miss.
+    await cache.warm_up()
+    await redis.eval("return 1", 0)
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
