@@ -653,7 +653,9 @@ class CacheMiddleware:
         if since is not None and entry.stored_at < since:
             return False
         age = entry.age(time.time())
-        if age >= entry.fresh_for or (request.has_authorization and not entry.shared_with_auth):
+        if age >= entry.fresh_for or request.private:
+            # A private request (credentials, cookies) never follows a fill (``_miss``); were
+            # one to get here, another request's fill is not its answer.
             return False
         name = self.config.cache_name
         ttl = int(entry.fresh_for) - int(age)
