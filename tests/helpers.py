@@ -110,6 +110,16 @@ def make_client(
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
 
+def middleware_of(client: httpx.AsyncClient) -> CacheMiddleware:
+    """The ``CacheMiddleware`` inside a client made by ``make_client`` (its stack built)."""
+    app: Any = client._transport.app  # type: ignore[attr-defined]
+    stack = app.middleware_stack or app.build_middleware_stack()
+    app.middleware_stack = stack
+    while not isinstance(stack, CacheMiddleware):
+        stack = stack.app
+    return stack
+
+
 def http_scope(path: str, host: str = "testserver") -> dict[str, Any]:
     """A plain GET scope, for tests that drive the middleware with raw ASGI calls."""
     return {

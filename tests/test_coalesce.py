@@ -18,8 +18,8 @@ from starlette.responses import Response
 
 from redis_cache_middleware import CacheMiddleware, RedisCache, keys
 from redis_cache_middleware.cache import FillLock
+from redis_cache_middleware.coalesce import POLL_CAP
 from redis_cache_middleware.config import CacheConfig
-from redis_cache_middleware.middleware import POLL_CAP
 
 from .conftest import RedisServer
 from .helpers import Origin, Spec, http_scope, make_client, uvicorn_on_loopback

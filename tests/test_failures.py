@@ -227,7 +227,7 @@ async def test_app_raising_stores_nothing(cache: RedisCache) -> None:
 async def test_redis_stopped_mid_test_still_200(
     own_redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from redis_cache_middleware.forward import warn
+    from redis_cache_middleware.guard import warn
 
     warn.reset()
     cache = RedisCache.from_url(own_redis_server.url, namespace=namespace, breaker_cooldown=0.5)

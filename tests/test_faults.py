@@ -30,7 +30,7 @@ from redis_cache_middleware import CacheMiddleware, RedisCache, keys
 from redis_cache_middleware import entry as entry_codec
 from redis_cache_middleware.breaker import CLOSED, HALF_OPEN, OPEN
 from redis_cache_middleware.entry import CachedEntry, decode
-from redis_cache_middleware.forward import warn
+from redis_cache_middleware.guard import warn
 
 from . import helpers
 from .conftest import RedisServer

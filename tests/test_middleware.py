@@ -7,11 +7,12 @@ import logging
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from redis_cache_middleware import RedisCache
 
-from .helpers import Origin, Spec, make_client
+from .helpers import Origin, Spec, make_client, middleware_of
 
 pytestmark = pytest.mark.anyio
 
@@ -456,13 +457,11 @@ async def test_request_cache_control_forwarding(
         assert after.content != forced.content
 
 
-async def test_request_max_age(
-    cache: RedisCache, monkeypatch: pytest.MonkeyPatch, framework: str
-) -> None:
+async def test_request_max_age(cache: RedisCache, framework: str) -> None:
     origin = Origin()
     async with make_client(cache, origin, framework, default_ttl=60) as client:
         await client.get("/ma")
-        _advance_clock(monkeypatch, 10)
+        advance_clock(client, 10)
         young_enough = await client.get("/ma", headers={"cache-control": "max-age=20"})
         too_old = await client.get("/ma", headers={"cache-control": "max-age=5"})
     assert "hit" in young_enough.headers["cache-status"]
@@ -493,39 +492,25 @@ async def test_request_cache_control_ignored_when_not_honoured(
     assert "hit" in r.headers["cache-status"]
 
 
-async def test_age_and_ttl_follow_clock(cache: RedisCache, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_age_and_ttl_follow_clock(cache: RedisCache) -> None:
     origin = Origin()
     async with make_client(cache, origin, default_ttl=60) as client:
         await client.get("/clock")
-        _advance_clock(monkeypatch, 25)
+        advance_clock(client, 25)
         r = await client.get("/clock")
-        _advance_clock(monkeypatch, 40)
+        advance_clock(client, 40)
         expired = await client.get("/clock")
     assert r.headers["age"] == "25"
     assert r.headers["cache-status"] == "redis-cache; hit; ttl=35"
     assert "fwd=stale" in expired.headers["cache-status"]
 
 
-def _advance_clock(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    import time as time_module
-
-    from redis_cache_middleware import middleware
-
-    current = middleware.time.time
-    base = current()
-    monkeypatch.setattr(middleware, "time", _Clock(base + seconds, time_module))
-
-
-class _Clock:
-    def __init__(self, now: float, real: Any) -> None:
-        self._now = now
-        self._real = real
-
-    def time(self) -> float:
-        return self._now
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
+def advance_clock(client: httpx.AsyncClient, seconds: float) -> None:
+    """Move the middleware's clock on: it is injected (``context.clock``), so every age it
+    computes, in whichever module, reads this one."""
+    context = middleware_of(client).context
+    now = context.clock()
+    context.clock = lambda: now + seconds
 
 
 async def test_rules_override_default_ttl_and_never(cache: RedisCache) -> None:

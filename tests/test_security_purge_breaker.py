@@ -27,7 +27,7 @@ from redis_cache_middleware import CacheMiddleware, RedisCache
 from redis_cache_middleware._timeouts import pass_time
 from redis_cache_middleware._types import Message
 from redis_cache_middleware.breaker import CLOSED, LOOP_LAG_SHARE, OPEN, CircuitBreaker
-from redis_cache_middleware.forward import SKIPPED, guarded, warn
+from redis_cache_middleware.guard import SKIPPED, guarded, warn
 from redis_cache_middleware.purge import MAX_BODY, MAX_DEPTH, PurgeEndpoint
 
 from .conftest import RedisServer

@@ -18,7 +18,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from redis_cache_middleware import CacheMiddleware, RedisCache, keys
-from redis_cache_middleware.forward import warn
+from redis_cache_middleware.guard import warn
+
+from .helpers import middleware_of
 
 pytestmark = pytest.mark.anyio
 
@@ -81,15 +83,6 @@ def client_for(cache: RedisCache, origin: Versioned, **options: Any) -> httpx.As
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
 
-def middleware_of(client: httpx.AsyncClient) -> CacheMiddleware:
-    app: Any = client._transport.app  # type: ignore[attr-defined]
-    stack = app.middleware_stack or app.build_middleware_stack()
-    app.middleware_stack = stack
-    while not isinstance(stack, CacheMiddleware):
-        stack = stack.app
-    return stack
-
-
 async def wait_for_refreshes(client: httpx.AsyncClient) -> None:
     await middleware_of(client).background.drain(5)
 
@@ -132,15 +125,15 @@ async def test_refresh_finding_the_entry_refreshed_elsewhere_does_not_call_the_a
         await asyncio.sleep(1.1)
         origin.version = 2
         held, b_done = asyncio.Event(), asyncio.Event()
-        a_mw = middleware_of(a)
-        acquire = a_mw._acquire
+        a_locks = middleware_of(a).context.locks
+        acquire = a_locks.acquire
 
         async def late_acquire(*args: Any, **kwargs: Any) -> Any:
             held.set()
             await b_done.wait()
             return await acquire(*args, **kwargs)
 
-        a_mw._acquire = late_acquire  # type: ignore[method-assign]
+        a_locks.acquire = late_acquire  # type: ignore[method-assign]
         assert (await a.get("/doc")).headers["cache-status"].endswith("fwd=stale")
         await held.wait()
         assert (await b.get("/doc")).headers["cache-status"].endswith("fwd=stale")

@@ -1,0 +1,41 @@
+"""What the request path's pieces share for the middleware's lifetime: the app, the cache,
+the validated options, the clock and the fill locks' calls.
+
+Built once by ``CacheMiddleware``; the per-request objects (``Forward``, the coalescer, the
+refresher, the invalidation) take it instead of a reference back to the middleware, so that
+no module of the request path imports ``middleware``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._types import ASGIApp
+
+if TYPE_CHECKING:
+    from .cache import RedisCache
+    from .config import CacheConfig
+    from .fill_lock import FillLocks
+
+
+class Context:
+    """The app, the cache, the options, the wall clock (``clock()``, seconds since the epoch,
+    replaced by tests) and the fill locks' calls."""
+
+    __slots__ = ("app", "cache", "clock", "config", "locks")
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        cache: RedisCache,
+        config: CacheConfig,
+        locks: FillLocks,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.cache = cache
+        self.config = config
+        self.locks = locks
+        self.clock = clock
