@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from extras import _scope as scope  # the hit request extras.py times
+from cpu_hit import hit_scope as scope  # the hit request cpu_hit.py times
 from redis.asyncio import Redis
 
 from redis_cache_middleware import CacheMiddleware, RedisCache

@@ -1,4 +1,7 @@
-"""Turn the measurements into the stdout table, ``results/latest.json`` and ``latest.png``."""
+"""Turn the measurements into what a run shows and writes: the per-variant summaries (ratios
+to the floor), the stdout table, the side measurements and target verdicts as text,
+``results/latest.json`` and ``latest.png``.
+"""
 
 from __future__ import annotations
 
@@ -205,3 +208,119 @@ def chart(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def print_side(results: dict[str, object]) -> None:
+    for key in ("redis_commands", "cpu_per_hit", "streaming_rss"):
+        value = results.get(key)
+        if isinstance(value, dict) and "error" in value:
+            print(f"\n{key}: FAILED: {value['error']} (bench/results/{key}.error.txt)")
+    rc = results.get("redis_commands")
+    if isinstance(rc, dict) and "error" not in rc:
+        print(
+            f"\nRedis commands (ours, {rc['hits']} sequential hits, {rc['misses']} "
+            "sequential misses; 'sent' = what the middleware sent, from MONITOR; "
+            "'commandstats' = INFO commandstats deltas, which also count the commands "
+            "Lua scripts run):"
+        )
+        for mode in ("hit", "miss"):
+            print(
+                f"  per {mode:<4}: sent {rc[f'sent_commands_per_{mode}']:g} ("
+                + ", ".join(f"{k} {v:g}" for k, v in rc[f"sent_per_{mode}"].items())
+                + f"); commandstats {rc[f'commands_per_{mode}']:g} ("
+                + ", ".join(f"{k} {v:g}" for k, v in rc[f"per_{mode}"].items())
+                + ")"
+            )
+        ms, hs = rc["miss_sequence"], rc["hit_sequence"]
+        print(
+            f"  one miss, as MONITOR saw it ([...] = run inside the script): "
+            f"{' '.join(ms['sequence'])}"
+        )
+        print(
+            f"    round trips: {ms['round_trips']} ({' | '.join(ms['units'])}); the entry's "
+            f"writes are in {ms['entry_write_units']} of them"
+        )
+        print(f"  one hit, as MONITOR saw it: {' '.join(hs['sequence'])}")
+        print(
+            f"  upstream calls during the hits: {rc['origin_calls_during_hits']}; "
+            f"Cache-Status of the hits: {rc['hit_cache_status_counts']}"
+        )
+    cpu = results.get("cpu_per_hit")
+    if isinstance(cpu, dict) and "error" not in cpu:
+        print(
+            f"\nCPU per request, in-process ({cpu['hits']} hits on {cpu['loop']}, real "
+            "Redis, no HTTP server):"
+        )
+        print(
+            f"  ours: {cpu['cpu_us_per_hit']:.1f} us CPU (process_time), "
+            f"{cpu['wall_us_per_hit']:.1f} us wall per hit"
+        )
+        print(
+            f"  for scale, redis-py alone: pipeline GET+HGETALL "
+            f"{cpu['redis_py_pipeline_get_hgetall_cpu_us']:.1f} us CPU / "
+            f"{cpu['redis_py_pipeline_get_hgetall_wall_us']:.1f} us wall; one HGETALL "
+            f"{cpu['redis_py_single_hgetall_cpu_us']:.1f} us CPU / "
+            f"{cpu['redis_py_single_hgetall_wall_us']:.1f} us wall"
+        )
+        print(
+            f"  misses ({cpu['misses']}, origin answering at once): "
+            f"{cpu['cpu_us_per_miss']:.1f} us CPU, {cpu['wall_us_per_miss']:.1f} us wall "
+            "per miss"
+        )
+        print("  profiles: bench/results/profile_hit.txt, bench/results/profile_miss.txt")
+    rss = results.get("streaming_rss")
+    if isinstance(rss, dict) and "error" not in rss:
+        o, b = rss["ours"], rss["no_middleware"]
+        print(
+            f"\nStreaming {rss['chunks']} x {rss['chunk_bytes'] // 1024} KiB through uvicorn "
+            f"(max_body_size "
+            f"{rss['max_body_size']:,} B):"
+        )
+        print(f"  (median of {rss['repeats']} runs each; growth = peak VmRSS/VmHWM - idle VmRSS)")
+        print(
+            f"  ours:          idle {o['idle_rss_kib'] / 1024:.1f} MiB, peak "
+            f"{o['peak_rss_kib'] / 1024:.1f} MiB, growth {o['growth_kib'] / 1024:.2f} MiB "
+            f"(runs: {', '.join(f'{g / 1024:.2f}' for g in o['growth_kib_all'])}), "
+            f"{o['bytes_received'] / 1048576:.0f} MiB received in {o['seconds']:.1f} s, "
+            f"Cache-Status: {o['cache_status']!r}"
+        )
+        print(
+            f"  no middleware: idle {b['idle_rss_kib'] / 1024:.1f} MiB, peak "
+            f"{b['peak_rss_kib'] / 1024:.1f} MiB, growth {b['growth_kib'] / 1024:.2f} MiB "
+            f"(runs: {', '.join(f'{g / 1024:.2f}' for g in b['growth_kib_all'])})"
+        )
+        tm = rss["tracemalloc_peak_bytes"]
+        print(
+            f"  in-process, tracemalloc peak while the same "
+            f"{rss['chunks'] * rss['chunk_bytes'] / 1048576:.0f} MiB pass through: "
+            f"ours {tm['ours'] / 1048576:.2f} MiB, the bare app "
+            f"{tm['no_middleware'] / 1048576:.2f} MiB (Python allocations only, no server)"
+        )
+        print(f"  entries stored for the streamed URL: {rss['entries_stored']}")
+
+
+def print_results(results: dict[str, Any]) -> None:
+    """Print the run's summary: server and machine, notes, the table, the side measurements and
+    a PASS/FAIL line per target."""
+    server = results.get("server", {})
+    print("\n" + "=" * 100)
+    print(
+        f"server: uvicorn, one worker, loop {server.get('loop')}, HTTP parser "
+        f"{server.get('http')}; {results['settings']['pinning']}"
+    )
+    print(
+        f"machine: {results['machine']['cpu_model']}, {results['machine']['cpus']} CPUs, "
+        f"Python {results['machine']['python']}; {results['redis_server'].split(' sha')[0]}; "
+        f"redis-py {results['packages']['redis']} ({results['redis_py_parser']} parser); "
+        f"{results['wrk'].split(' Copyright')[0]}"
+    )
+    for note in results["notes"]:
+        print(f"note: {note}")
+    print()
+    print(table(results))
+    print_side(results)
+    print()
+    for t in results["targets"]:
+        verdict = {True: "PASS", False: "FAIL", None: "N/A "}[t["passed"]]
+        value = "-" if t["value"] is None else t["value"]
+        print(f"{verdict}  {t['name']}: {value}  -- {t['detail']}")
