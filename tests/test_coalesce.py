@@ -957,3 +957,24 @@ async def test_take_over_fill_once_per_window(cache: RedisCache, redis_client: A
     await redis_client.delete(takeover)
     assert await cache.take_over_fill(uhash, FillLock("", "c"), 5, 0.5, 0) == PASS
     assert await redis_client.get(lock) is None
+
+
+async def test_a_waiter_is_served_a_fill_only_as_fresh_as_it_asks(cache: RedisCache) -> None:
+    # The fill is fresh for 10 s. A waiter asking min-fresh=100 may not be served it (RFC
+    # 9111 5.2.1.3): it calls the app itself. A reload's max-age=0 is served the fill, which
+    # the app answered while it waited (Age: 0).
+    origin = SlowOrigin(0.3, specs={"/f": Spec(headers=[("cache-control", "max-age=10")])})
+    async with make_client(cache, origin) as client:
+        first = asyncio.create_task(client.get("/f"))
+        await asyncio.sleep(0.1)  # the first request is in the app: the others follow it
+        picky, reload = await asyncio.gather(
+            client.get("/f", headers={"cache-control": "min-fresh=100"}),
+            client.get("/f", headers={"cache-control": "max-age=0"}),
+        )
+        filled = await first
+    assert filled.headers["cache-status"].endswith("; stored")
+    assert "collapsed" in reload.headers["cache-status"] and reload.headers["age"] == "0"
+    assert reload.content == filled.content
+    assert "collapsed" not in picky.headers["cache-status"]
+    assert picky.headers["cache-status"].startswith("redis-cache; fwd=uri-miss; fwd-status=200")
+    assert origin.calls["/f"] == 2

@@ -27,7 +27,7 @@ from .cache import ACQUIRED, HELD, FillLock, Lookup, new_token
 from .context import Context
 from .entry import CachedEntry
 from .forward import Forward, Outcome
-from .lookups import Lookups, fill_variant
+from .lookups import Lookups, fill_variant, usable
 from .respond import collapsed_status, replay
 from .revalidate import stand_ins
 from .stats import logger
@@ -224,10 +224,17 @@ class Coalescer:
         entry = found.entry
         if since is not None and entry.stored_at < since:
             return False
-        age = entry.age(self.ctx.clock())
-        if age >= entry.fresh_for or request.private:
+        if request.private:
             # A private request (credentials, cookies) never follows a fill (``miss``); were
             # one to get here, another request's fill is not its answer.
+            return False
+        age = entry.age(self.ctx.clock())
+        # Fresh, by the entry and by the request's own max-age / min-fresh, or the request
+        # goes on to fill (or wait) itself. Its age as the client is told it (``Age`` is in
+        # whole seconds): a fill the app answered while this request waited is ``Age: 0``,
+        # which a reload's ``max-age=0`` accepts.
+        verdict = usable(request, found, entry, int(age))
+        if not verdict.usable or verdict.stale:
             return False
         ctx = self.ctx
         status = collapsed_status(ctx.config.cache_name, fwd, entry, age)

@@ -16,6 +16,9 @@ from .exceptions import ConfigError
 from .keys import make_query_filter
 from .policy import HEURISTIC_STATUSES
 
+#: The shortest purge token accepted (the purge endpoint can empty the cache).
+MIN_TOKEN_LENGTH = 16
+
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 DEFAULT_TIMEOUT = 0.1
 DEFAULT_CACHE_NAME = "redis-cache"
@@ -245,9 +248,11 @@ class CacheConfig:
             if not isinstance(getattr(self, option), bool):
                 raise ConfigError(f"{option} must be True or False")
         if self.purge_token is not None and (
-            not isinstance(self.purge_token, str) or len(self.purge_token) < 16
+            not isinstance(self.purge_token, str) or len(self.purge_token) < MIN_TOKEN_LENGTH
         ):
-            raise ConfigError("purge_token must be a string of at least 16 characters, or None")
+            raise ConfigError(
+                f"purge_token must be a string of at least {MIN_TOKEN_LENGTH} characters, or None"
+            )
         for option in (
             "stale_while_revalidate",
             "stale_if_error",

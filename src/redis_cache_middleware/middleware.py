@@ -50,6 +50,7 @@ from .fill_lock import FillLocks
 from .forward import Forward
 from .invalidate import UNSAFE_METHODS, Invalidate
 from .lookups import Lookups, usable
+from .purge import PurgeEndpoint, is_purge_request
 from .refresh import Refresher
 from .respond import hit_status, refuse_only_if_cached, replay
 from .stats import logger
@@ -138,8 +139,6 @@ class CacheMiddleware:
             cache.ignore_query_params(list(ignore_query_params))
         self._purge_endpoint: ASGIApp | None = None
         if purge_token is not None:
-            from .purge import PurgeEndpoint
-
             self._purge_endpoint = PurgeEndpoint(cache, token=purge_token)
         #: What every request's pieces share: app, cache, options, clock, fill locks.
         self.context = Context(app, cache, self.config, FillLocks(cache, self.config))
@@ -154,9 +153,7 @@ class CacheMiddleware:
             await self._not_http(scope, receive, send)
             return
         method = scope["method"]
-        if self._purge_endpoint is not None and (
-            method == "PURGE" or scope["path"] == self.config.purge_path
-        ):
+        if self._purge_endpoint is not None and is_purge_request(scope, self.config.purge_path):
             await self._purge_endpoint(scope, receive, send)
             return
         if method != "GET" and method != "HEAD":

@@ -58,6 +58,7 @@ from redis.exceptions import RedisError
 
 from ._types import Receive, Scope, Send
 from .cache import RedisCache
+from .config import MIN_TOKEN_LENGTH
 from .exceptions import ConfigError
 
 logger = logging.getLogger("redis_cache_middleware")
@@ -89,10 +90,6 @@ _PATH_SAFE = "/:@!$&'()*+,;=~"
 _JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-
-
-#: The shortest purge token accepted (the endpoint can empty the cache).
-MIN_TOKEN_LENGTH = 16
 
 
 class BadRequest(Exception):

@@ -21,7 +21,7 @@ from .cache import FillLock, Lookup
 from .config import MAX_TAG_LENGTH, MAX_TAGS, CacheConfig
 from .context import Context
 from .entry import CachedEntry
-from .guard import SKIPPED, guarded
+from .guard import Skipped, guarded
 from .keys import MAX_INDEXED_HOST
 from .stats import logger
 
@@ -222,7 +222,7 @@ async def put(
             fill=fill,
         ),
     )
-    if result is SKIPPED:
+    if isinstance(result, Skipped):
         return False
     cache.stats.stored += 1
     if request.debug:
