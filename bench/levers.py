@@ -56,8 +56,8 @@ ABLATIONS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         [
             (
                 "middleware.py",
-                'if config.coalesce and method == "GET" and not directives.only_if_cached',
-                "if False",
+                "if self.config.coalesce\n" + " " * 12 + 'and request.method == "GET"',
+                "if False\n" + " " * 12 + 'and request.method == "GET"',
             ),
         ],
     ),
