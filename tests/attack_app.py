@@ -3,6 +3,10 @@
 ``/page`` reflects its canonical URL (``str(request.url)``), as apps do in a
 ``<link rel=canonical>``; ``/me`` greets the user its session cookie names. The middleware
 runs with the README's quick-start settings (``default_ttl=60``, a purge token).
+
+A module, not an in-process app, so that uvicorn imports it in its own process and raw bytes
+(unescaped markup in a query) go through a real HTTP parser first; the in-process attack
+tests use the ``Origin`` in ``test_security.py``.
 """
 
 from __future__ import annotations

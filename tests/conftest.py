@@ -153,6 +153,12 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["starlette", "fastapi"])
+def framework(request: pytest.FixtureRequest) -> str:
+    """The framework the origin app of a ``helpers.make_client`` test is built with."""
+    return str(request.param)
+
+
 @pytest.fixture
 def fake_server() -> fakeredis.FakeServer:
     """The data of the ``fakeredis`` backend, one per test (what ``FakeAsyncRedis()`` would

@@ -1,4 +1,11 @@
-"""The app the end-to-end tests serve with uvicorn (configured by environment variables)."""
+"""The app the end-to-end tests serve with uvicorn (configured by environment variables).
+
+For caching over real HTTP and across worker processes (``test_e2e_uvicorn.py``,
+``test_coalesce.py``, ``test_security_entries.py``): a module so that uvicorn imports it in
+each worker, and ``/slow`` counts its calls in Redis so that a test sees every worker's.
+Hostile input over uvicorn goes to ``tests/attack_app.py``; in-process tests use
+``helpers.Origin``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,12 @@
-"""A configurable origin app and a client to drive the middleware through it."""
+"""A configurable origin app and a client to drive the middleware through it.
+
+``Origin`` (answers per ``Spec``, on Starlette or FastAPI) is the app for tests of caching
+behaviour; use it unless a test needs what it cannot do. The others, each for one need:
+``Origin`` in ``tests/test_security.py`` renders attacker-controlled input with any function
+of the request; ``Versioned`` in ``tests/test_stale.py`` changes versions and answers
+conditional requests with 304; ``tests/attack_app.py`` and ``tests/e2e_app.py`` are modules a
+real uvicorn imports in another process (hostile input, and caching across workers).
+"""
 
 from __future__ import annotations
 
@@ -38,7 +46,11 @@ class Spec:
 
 @dataclass
 class Origin:
-    """The app behind the middleware: counts calls per path, answers per ``specs``."""
+    """The app behind the middleware: counts calls per path, answers per ``specs``.
+
+    A body it makes names the path, the query, the call number and the ``echo_headers``
+    (``/p?q=1 call=2 x-a=1``), so a test can tell exactly which call a response came from.
+    """
 
     specs: dict[str, Spec] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
@@ -108,6 +120,18 @@ def make_client(
     app = FRAMEWORKS[framework](origin)
     app.add_middleware(CacheMiddleware, cache=cache, **options)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+def hit_raw(*headers: tuple[bytes, bytes], ttl: int) -> list[list[tuple[bytes, bytes]]]:
+    """The raw headers of a hit on an entry stored 0 or 1 s before, with ``ttl`` s at first."""
+    return [
+        [
+            *headers,
+            (b"age", b"%d" % age),
+            (b"cache-status", b"redis-cache; hit; ttl=%d" % (ttl - age)),
+        ]
+        for age in (0, 1)
+    ]
 
 
 def middleware_of(client: httpx.AsyncClient) -> CacheMiddleware:

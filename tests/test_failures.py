@@ -1,4 +1,13 @@
-"""Fail-open behaviour: Redis down, slow or holding garbage never breaks a response."""
+"""Fail-open behaviour, the simpler cases: Redis down, slow or holding garbage never breaks
+a response.
+
+Here: plain garbage, a wrong Redis type, an old schema or a huge Content-Length at an entry
+key is a miss; bodies too large to store are delivered whole; an app that raises stores
+nothing; Redis stopped and restarted, black-holed, or failing a store.
+``tests/test_faults.py`` holds fault injection with a real Redis on loopback (killed under
+load, slowed or black-holed through a TCP proxy, full, a pool too small), entries that are
+near-misses of a valid one, bad data at variant keys, and apps failing mid-stream.
+"""
 
 from __future__ import annotations
 

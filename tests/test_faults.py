@@ -2,7 +2,9 @@
 small for the burst, garbage at our keys, and apps that fail or lose their client mid-stream.
 
 Every test is bounded by a deadline; the Redis servers and the TCP proxy are the test's own
-and are stopped in teardown. ``tests/test_failures.py`` holds the simpler fail-open cases.
+and are stopped in teardown. ``tests/test_failures.py`` holds the simpler fail-open cases:
+plain garbage, a wrong type or an old schema at an entry key, bodies too large to store, an
+app that raises, Redis stopped or black-holed for a few requests, a store that fails.
 """
 
 from __future__ import annotations

@@ -30,6 +30,10 @@ class Versioned:
 
     ``cache_control`` goes on every answer; ``fail`` makes it raise or answer with that
     status; ``delay`` slows it down; ``calls`` and ``conditional_calls`` count what it saw.
+
+    Separate from ``helpers.Origin``, which answers fixed specs: revalidation needs an
+    origin whose document changes (``version``), that compares the request's validators
+    with its own, and that can fail, stall or be held at a ``gate`` between two requests.
     """
 
     def __init__(self, cache_control: str, delay: float = 0.0) -> None:
