@@ -329,10 +329,10 @@ def test_redis_cache_decode_responses_raises() -> None:
 def test_redis_cache_defaults(make: Callable[[], RedisCache]) -> None:
     cache = make()
     assert cache.namespace == "cache"
-    assert cache._on_purge is None
+    assert cache._purger.on_purge is None
     assert (cache.breaker.threshold, cache.breaker.cooldown) == (5, 5.0)
     assert cache.breaker.state == "closed"
-    assert cache._generation_interval == 1.0
+    assert cache._state.generation_interval == 1.0
     assert cache.admin_timeout == 5.0
 
 

@@ -492,7 +492,7 @@ def test_remembered_url_hashes_follow_ignore_query_params() -> None:
     # The memory is bounded: it empties when full, and answers stay the same.
     for i in range(HASH_MEMORY + 10):
         cache.url_hash("http", b"h", f"/n{i}", b"")
-    assert len(cache._hash_memo) <= HASH_MEMORY
+    assert len(cache._url_keys._hash_memo) <= HASH_MEMORY
     assert cache.url_hash("http", b"h", "/p", b"a=1") == plain
     assert cache.url_hash("https", b"h", "/p", b"a=1") != plain  # the scheme is keyed
     assert cache.url_hash("http", b"h", "/p", b"a=1", "POST") != plain  # and the method

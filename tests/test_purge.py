@@ -201,7 +201,7 @@ async def test_purge_during_concurrent_reads(
 
     async with make_client(cache, origin, default_ttl=60) as client:
         old = (await client.get("/hot")).content
-        unlink = cache._unlink
+        unlink = cache._purger._unlink
         seen: dict[str, list[Any]] = {}
 
         async def unlink_amid_reads(groups: Any) -> list[int]:
@@ -211,7 +211,7 @@ async def test_purge_during_concurrent_reads(
             seen["after"] = await burst(client)
             return removed
 
-        monkeypatch.setattr(cache, "_unlink", unlink_amid_reads)
+        monkeypatch.setattr(cache._purger, "_unlink", unlink_amid_reads)
         removed = await cache.purge_url("http://testserver/hot")
         final = await client.get("/hot")
     assert removed == 1
@@ -470,7 +470,7 @@ async def test_entry_tagged_during_purge_tag_stays_purgeable(
     )
     async with make_client(cache, origin, default_ttl=60) as client:
         await client.get("/a")
-        unlink = cache._unlink
+        unlink = cache._purger._unlink
         stored_meanwhile = False
 
         async def unlink_then_store(doomed: Any) -> list[int]:
@@ -481,9 +481,9 @@ async def test_entry_tagged_during_purge_tag_stays_purgeable(
                 await client.get("/b")  # tagged between the read and the cleanup
             return removed
 
-        monkeypatch.setattr(cache, "_unlink", unlink_then_store)
+        monkeypatch.setattr(cache._purger, "_unlink", unlink_then_store)
         assert await cache.purge_tag("x") == 1
-        monkeypatch.setattr(cache, "_unlink", unlink)
+        monkeypatch.setattr(cache._purger, "_unlink", unlink)
         assert await cache.purge_tag("x") == 1
         assert "hit" not in _status(await client.get("/b"))
 
@@ -494,7 +494,7 @@ def _store_again_after_unlink(
     """Make the cache's next purge store ``path`` again right after deleting the entries and
     before cleaning the indexes (a fill reaching Redis between the purge's steps); return
     the list that receives that request's Cache-Status."""
-    unlink = cache._unlink
+    unlink = cache._purger._unlink
     statuses: list[str] = []
 
     async def unlink_then_store(groups: Any) -> list[int]:
@@ -503,7 +503,7 @@ def _store_again_after_unlink(
             statuses.append(_status(await client.get(path)))
         return removed
 
-    monkeypatch.setattr(cache, "_unlink", unlink_then_store)
+    monkeypatch.setattr(cache._purger, "_unlink", unlink_then_store)
     return statuses
 
 
@@ -512,11 +512,12 @@ def _freeze_cache_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     very expiry it had (as two stores under one ``Expires`` date can)."""
     from types import SimpleNamespace
 
-    from redis_cache_middleware import cache as cache_module
+    from redis_cache_middleware import _purging, _store
 
     frozen = time.time()
     clock = SimpleNamespace(time=lambda: frozen, monotonic=time.monotonic)
-    monkeypatch.setattr(cache_module, "time", clock)
+    for module in (_store, _purging):
+        monkeypatch.setattr(module, "time", clock)
 
 
 EXPIRIES = pytest.mark.parametrize("same_expiry", [False, True], ids=["new-expiry", "same-expiry"])

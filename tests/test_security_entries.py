@@ -199,7 +199,7 @@ async def test_forged_entry_is_a_miss_and_is_overwritten(
         # A plain HGETALL reads the key while the TTL this process knows for it lasts (it
         # stored it): a key without a TTL is caught by the script read that follows. Skip
         # the wait: forget that deadline, as its passing would.
-        cache._stored_until.clear()
+        cache._state.stored_until.clear()
 
     miss = await get(app)
     assert origin.calls[PATH] == calls + 1  # the app answered: a miss
