@@ -49,7 +49,7 @@ ABLATIONS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
     "store_script": (
         "a miss stores entry, indexes and lock release with one script (without: the indexes "
         "follow in a pipeline of ~10 commands, as on a cluster)",
-        [("_store.py", "cluster = state.cluster\n", "cluster = True\n")],
+        [("_redis/store.py", "cluster = state.cluster\n", "cluster = True\n")],
     ),
     "lookup_lock": (
         "a likely miss's lookup also takes the fill lock, in the same round trip",
@@ -63,7 +63,7 @@ ABLATIONS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
     ),
     "hash_memo": (
         "a hot URL's key hash is remembered, not recomputed (query parsing, msgpack, blake2b)",
-        [("_url_keys.py", "uhash = self._hash_memo.get(memo_key)", "uhash = None")],
+        [("_redis/url_keys.py", "uhash = self._hash_memo.get(memo_key)", "uhash = None")],
     ),
     "store_first": (
         "a response sent whole is stored before its headers leave, so Cache-Status says "

@@ -39,7 +39,7 @@ PARTS = [
         ("FastAPI.__call__", "Starlette.__call__", "ServerErrorMiddleware.__call__ "),
     ),
     ("CacheMiddleware.__call__ (all of ours, send included)", ("CacheMiddleware.__call__",)),
-    ("  lookup (redis-py call included)", ("CacheMiddleware._lookup",)),
+    ("  lookup (redis-py call included)", ("CacheMiddleware._lookup", "Lookups.find")),
     ("    redis-py: execute_command", ("Redis.execute_command",)),
     ("  key: url_hash", ("RedisCache.url_hash",)),
     ("    query parsing (normalise_query)", ("normalise_query",)),

@@ -512,7 +512,8 @@ def _freeze_cache_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     very expiry it had (as two stores under one ``Expires`` date can)."""
     from types import SimpleNamespace
 
-    from redis_cache_middleware import _purging, _store
+    from redis_cache_middleware._redis import purging as _purging
+    from redis_cache_middleware._redis import store as _store
 
     frozen = time.time()
     clock = SimpleNamespace(time=lambda: frozen, monotonic=time.monotonic)

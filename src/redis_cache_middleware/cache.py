@@ -10,11 +10,11 @@ Ownership follows redis-py: a cache built with ``from_url`` owns its client and 
 ``aclose()``; a client handed in is the caller's and is never closed by us.
 
 ``RedisCache`` keeps the options, the statistics and the breaker, and hands the work to
-parts that each own one thing and never import this module: ``_connect`` (the client
-``from_url`` builds), ``_state`` (what the parts share: client, namespace, generation, what
-this process remembers of URLs), ``_url_keys`` (a URL's hash), ``_lookup`` and ``_store``
-(reading and writing entries), ``_fill_locks``, ``_purging`` (purges and the ``on_purge``
-hook) and ``_inspect``.
+the parts in ``_redis/``, each owning one thing and never importing this module:
+``connect`` (the client ``from_url`` builds), ``state`` (what the parts share: client,
+namespace, generation, what this process remembers of URLs), ``url_keys`` (a URL's hash),
+``lookup`` and ``store`` (reading and writing entries), ``fill_locks``, ``purging`` (purges
+and the ``on_purge`` hook) and ``inspection``.
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from . import keys
-from ._connect import (
+from ._redis.connect import (
     CLUSTER_SCHEMES,
     SENTINEL_SCHEMES,
     AnyRedis,
     client_for_url,
     decodes_responses,
 )
-from ._fill_locks import ACQUIRED, HELD, PASS, FillLock, FillLocks, new_token
-from ._inspect import EntryInfo, NamespaceStats, inspect_url, scan_stats
-from ._lookup import NOT_OURS, Lookup, Reader
-from ._purging import (
+from ._redis.fill_locks import ACQUIRED, HELD, PASS, FillLock, FillLocks, new_token
+from ._redis.inspection import EntryInfo, NamespaceStats, inspect_url, scan_stats
+from ._redis.lookup import NOT_OURS, Lookup, Reader
+from ._redis.purging import (
     HOOK_DRAIN_TIMEOUT,
     MAX_PENDING_HOOKS,
     SWEEP_BATCH,
@@ -45,16 +45,16 @@ from ._purging import (
     PurgeEvent,
     Purger,
 )
-from ._state import VARY_MEMORY, CacheState
-from ._store import (
+from ._redis.state import VARY_MEMORY, CacheState
+from ._redis.store import (
     PRUNE_BATCH,
     STORE_PLAIN,
     STORE_VARY_KEEP_MARKER,
     STORE_VARY_NEW_MARKER,
     Writer,
 )
+from ._redis.url_keys import HASH_MEMORY, METHOD_CLASS_GET, QUERY_AS_SENT, UrlKeys
 from ._timeouts import WAIT_FOR_SWALLOWS_CANCELLATION, run_bounded, sends_under_wait_for
-from ._url_keys import HASH_MEMORY, METHOD_CLASS_GET, QUERY_AS_SENT, UrlKeys
 from .background import BackgroundTasks
 from .breaker import CircuitBreaker
 from .entry import CachedEntry
@@ -231,7 +231,8 @@ class RedisCache:
 
         Besides every redis-py URL (``redis://``, ``rediss://``, ``unix://``), it takes a
         cluster's ``redis+cluster://`` and a Sentinel's ``redis+sentinel://`` (as
-        ``_connect.client_for_url`` says). A malformed URL raises ``ConfigError`` naming ``url``.
+        ``_redis.connect.client_for_url`` says). A malformed URL raises ``ConfigError``
+        naming ``url``.
         """
         client, also_close = client_for_url(
             url, socket_timeout, connect_timeout, max_connections, client_options

@@ -1,10 +1,10 @@
 """Coalescing: concurrent misses for one URL and variant make one app call.
 
 In one process, the requests for a key follow the one filling it (``Fills``); across
-processes, a fill lock in Redis (``FillLocks``) lets one request call the app while the
+processes, a fill lock in Redis (``LockCalls``) lets one request call the app while the
 others poll for its entry with backoff, taking the lock over soon after its owner vanished.
 Waiters whose ``coalesce_timeout`` runs out do not all go to the app: the first in each
-process asks Redis (``FillLocks.take_over``), at most one per ``coalesce_timeout`` across
+process asks Redis (``LockCalls.take_over``), at most one per ``coalesce_timeout`` across
 all processes takes the fill over and calls the app, and the others wait again, as long
 again, served by whichever fill stores first. Requests with ``Cache-Control: no-cache``
 take the same path (``refill``), served only by an entry produced after they arrived. A
@@ -12,7 +12,7 @@ URL whose response was not storable is remembered for ``hit_for_pass_ttl`` so th
 requests are not serialised behind a lock (Varnish's hit-for-pass).
 
 May call: ``Forward`` (the filler's app call), ``Lookups`` (the waiters' looks),
-``FillLocks``, ``respond``.
+``LockCalls``, ``respond``.
 """
 
 from __future__ import annotations

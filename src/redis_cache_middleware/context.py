@@ -17,7 +17,7 @@ from ._types import ASGIApp
 if TYPE_CHECKING:
     from .cache import RedisCache
     from .config import CacheConfig
-    from .fill_lock import FillLocks
+    from .fill_lock import LockCalls
 
 
 class Context:
@@ -31,7 +31,7 @@ class Context:
         app: ASGIApp,
         cache: RedisCache,
         config: CacheConfig,
-        locks: FillLocks,
+        locks: LockCalls,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app

@@ -23,7 +23,7 @@ from .guard import Skipped, T, guarded
 RENEWALS_PER_TTL = 3
 
 
-class FillLocks:
+class LockCalls:
     """Acquire, take over, renew and release fill locks for the middleware: ``ACQUIRED``,
     ``HELD`` or ``PASS`` as ``RedisCache`` says, None when Redis failed (the request then
     carries on without a lock)."""
@@ -113,7 +113,7 @@ class LockRenewal:
         "_uhash",
     )
 
-    def __init__(self, locks: FillLocks, uhash: str, fill: FillLock, generation: int) -> None:
+    def __init__(self, locks: LockCalls, uhash: str, fill: FillLock, generation: int) -> None:
         self._locks = locks
         self._uhash = uhash
         self._fill = fill

@@ -5,7 +5,7 @@ The responder holds only its response's state; what it shares with every other r
 app, the cache, the options, the clock) comes in a ``Context``. What is stored, and why not,
 is ``storing``'s; the ``Cache-Status`` it writes is spelled by ``respond``.
 
-May call: the app; ``storing`` (decide, put, drop); ``FillLocks`` (renew, release);
+May call: the app; ``storing`` (decide, put, drop); ``LockCalls`` (renew, release);
 ``respond``; ``revalidate``.
 """
 

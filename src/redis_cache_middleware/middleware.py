@@ -46,7 +46,7 @@ from .config import (
 from .context import Context
 from .entry import CachedEntry
 from .exceptions import ConfigError
-from .fill_lock import FillLocks
+from .fill_lock import LockCalls
 from .forward import Forward
 from .invalidate import UNSAFE_METHODS, Invalidate
 from .lookups import Lookups, usable
@@ -141,7 +141,7 @@ class CacheMiddleware:
         if purge_token is not None:
             self._purge_endpoint = PurgeEndpoint(cache, token=purge_token)
         #: What every request's pieces share: app, cache, options, clock, fill locks.
-        self.context = Context(app, cache, self.config, FillLocks(cache, self.config))
+        self.context = Context(app, cache, self.config, LockCalls(cache, self.config))
         self.lookups = Lookups(cache, self.config)
         self.coalescer = Coalescer(self.context, self.lookups)
         self.background = BackgroundTasks(self.config.max_background_refreshes)

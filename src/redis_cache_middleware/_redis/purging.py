@@ -6,7 +6,7 @@ A tag or prefix purge reads the members its index holds, marking them
 still marked (``PURGE_SWEEP_SCRIPT``): an entry stored meanwhile keeps its place. Each script
 call names the keys of one index, in one slot. This module sends its reads, its UNLINKs and
 its two scripts; it bumps the generation and forgets URLs through the shared ``CacheState``.
-Of the cache's modules it imports only ``_state``.
+Of the cache's modules it imports only ``state``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 
 from redis.crc import key_slot
 
-from . import entry as entry_codec
-from . import keys
-from ._state import CacheState, text
-from .background import BackgroundTasks
-from .stats import CacheStats, RateLimitedWarning
+from .. import entry as entry_codec
+from .. import keys
+from ..background import BackgroundTasks
+from ..stats import CacheStats, RateLimitedWarning
+from .state import CacheState, text
 
 logger = logging.getLogger("redis_cache_middleware")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from urllib.parse import quote, unquote, urlsplit
 
-from . import keys
+from .. import keys
 
 #: How many URLs' hashes a process keeps, so that a hot URL is hashed once.
 HASH_MEMORY = 4096

@@ -6,8 +6,8 @@ names keys of one hash slot: the keys of one URL share their hash tag, and each 
 written by a call of its own (``INDEX_SCRIPT``); on a single Redis, ``STORE_SCRIPT`` also
 writes the indexes, so a miss stores in one command. The layout they write is in
 ``docs/architecture.md``. This module sends its three scripts; it updates what the shared
-``CacheState`` remembers of URLs. Of the cache's modules it imports ``_state``, and
-``_fill_locks`` for the lock's type.
+``CacheState`` remembers of URLs. Of the cache's modules it imports ``state``, and
+``fill_locks`` for the lock's type.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import entry as entry_codec
-from . import keys
-from ._state import CacheState, text
-from .entry import CachedEntry, VaryMarker
+from .. import entry as entry_codec
+from .. import keys
+from ..entry import CachedEntry, VaryMarker
+from .state import CacheState, text
 
 if TYPE_CHECKING:
-    from ._fill_locks import FillLock
+    from .fill_locks import FillLock
 
 PRUNE_BATCH = 100
 

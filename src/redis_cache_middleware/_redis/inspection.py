@@ -2,7 +2,7 @@
 how much the namespace holds (``NamespaceStats``).
 
 It only reads: HGETALL, PTTL and SMEMBERS of one URL's keys, and SCAN, HEXISTS and MEMORY
-USAGE over the namespace. Of the cache's modules it imports ``_state``, and ``_lookup`` to
+USAGE over the namespace. Of the cache's modules it imports ``state``, and ``lookup`` to
 decode entries as a lookup does.
 """
 
@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import entry as entry_codec
-from . import keys
-from ._lookup import decode_reply
-from ._state import CacheState
-from .entry import CachedEntry, VaryMarker
+from .. import entry as entry_codec
+from .. import keys
+from ..entry import CachedEntry, VaryMarker
+from .lookup import decode_reply
+from .state import CacheState
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,10 +2,10 @@
 its entry. ``FillLock``, the tokens that tell owners apart, and the scripts that take,
 renew, take over and release a lock.
 
-A lookup can also take the URL's lock in its own round trip (``_lookup``), and a store
-releases it in its own transaction (``_store``): both name the lock with ``keys.lock_key``
+A lookup can also take the URL's lock in its own round trip (``lookup``), and a store
+releases it in its own transaction (``store``): both name the lock with ``keys.lock_key``
 and answer ``ACQUIRED``, ``HELD`` or ``PASS`` as here. This module sends only its own
-scripts; of the cache's modules it imports only ``_connect``'s client type, to type-check.
+scripts; of the cache's modules it imports only ``connect``'s client type, to type-check.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import keys
+from .. import keys
 
 if TYPE_CHECKING:
-    from ._connect import AnyRedis
+    from .connect import AnyRedis
 
 ACQUIRED, HELD, PASS = 1, 0, -1
 

@@ -2,10 +2,10 @@
 what this process remembers of URLs (their Vary names, and until when their key has a TTL),
 and the small helpers more than one part uses.
 
-``RedisCache`` makes one ``CacheState`` and hands it to its parts (``_lookup``, ``_store``,
-``_purging``, ``_inspect``). The commands it sends itself connect (``warm_up``) and read and
+``RedisCache`` makes one ``CacheState`` and hands it to its parts (``lookup``, ``store``,
+``purging``, ``inspection``). The commands it sends itself connect (``warm_up``) and read and
 bump the generation; it queues the parts' scripts in their pipelines. Of the cache's modules
-it imports only ``_connect``.
+it imports only ``connect``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from . import keys
-from ._connect import AnyRedis, is_cluster
+from .. import keys
+from .connect import AnyRedis, is_cluster
 
 #: How many URLs' Vary names a process remembers, to fetch a variant in the first round trip.
 VARY_MEMORY = 4096

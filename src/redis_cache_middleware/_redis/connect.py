@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .exceptions import ConfigError
+from ..exceptions import ConfigError
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster

@@ -3,8 +3,8 @@ lock in the same round trip), ``Lookup``, and the decoding of what Redis answers
 
 The hit path: a lookup is one command, and on most hits a plain HGETALL. It sends the reads
 and its two scripts; it reads and updates the shared ``CacheState`` (the generation, what
-this process remembers of URLs). Of the cache's modules it imports ``_state``, and
-``_fill_locks`` for the lock's type.
+this process remembers of URLs). Of the cache's modules it imports ``state``, and
+``fill_locks`` for the lock's type.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from . import entry as entry_codec
-from . import keys
-from ._state import CacheState, parse_generation
-from .entry import CachedEntry, VaryMarker
+from .. import entry as entry_codec
+from .. import keys
+from ..entry import CachedEntry, VaryMarker
+from .state import CacheState, parse_generation
 
 if TYPE_CHECKING:
-    from ._fill_locks import FillLock
+    from .fill_locks import FillLock
 
 #: Lua: a hit's read, one command for one or more keys of one URL (one slot): for each key,
 #: its PTTL and its HGETALL (flat field, value pairs), or 0 for a key holding another type
