@@ -47,27 +47,7 @@ class Coalescer:
         self.ctx = ctx
         self.lookups = lookups
         #: In-process fills under way, by fill key: waiters in this process follow them.
-        self._inflight: dict[str, Fills] = {}
-
-    def forward(
-        self,
-        request: Request,
-        found: Lookup | None,
-        fwd: str,
-        stale: CachedEntry | None,
-        fill: FillLock | None = None,
-    ) -> Forward:
-        """The forward of a miss, with what the stale entry found may do for it."""
-        fallback, revalidate = stand_ins(stale, request, self.ctx.clock())
-        return Forward(
-            self.ctx,
-            request,
-            found,
-            fwd=fwd,
-            fallback=fallback,
-            revalidate=revalidate,
-            fill=fill,
-        )
+        self.inflight: dict[str, Fills] = {}
 
     async def miss(
         self,
@@ -84,165 +64,15 @@ class Coalescer:
         """Answer a request the cache could not: fill the entry, or wait for the request that
         fills it (in this process or another) and serve what that one stores.
 
-        ``tried`` is the fill lock the lookup took in its round trip, if it did (one it
-        ACQUIRED is this request's to fill under at once, or to give back). ``since`` is set
-        for a request ``no-cache`` (when it arrived): only an entry whose response the app
-        produced after then may serve it (``_serve_filled``); for a fill that began
-        answering before, it waits for the next fill, or makes it.
+        ``found`` is what its lookup found (``stale``: an entry too old to serve, which may
+        still stand in for an error or be revalidated); ``fwd`` its ``Cache-Status``
+        forward reason. ``tried`` is the fill lock the lookup took in its round trip, if it
+        did (one it ACQUIRED is this request's to fill under at once, or to give back).
+        ``since`` is set for a request ``no-cache`` (when it arrived): only an entry whose
+        response the app produced after then may serve it; for a fill that began answering
+        before, it waits for the next fill, or makes it.
         """
-        config = self.ctx.config
-        scope = request.scope
-        if not config.coalesce or request.method != "GET" or request.private:
-            await self.forward(request, found, fwd, stale).run(scope, receive, send)
-            return
-        owns_lock = tried is not None and tried[1] == ACQUIRED
-        variant = fill_variant(request, found)
-        key = f"{request.uhash}:{variant}"
-        deadline = time.monotonic() + config.coalesce_timeout
-        while not owns_lock and (fills := self._inflight.get(key)) is not None:
-            # Other requests of this process are filling, or waiting for another process's
-            # fill: follow them, and look again when one of them ends.
-            outcome = await fills.next_end(deadline - time.monotonic())
-            if outcome is Outcome.STORED and await self._serve_filled(request, send, fwd, since):
-                return
-            if outcome is Outcome.TIMEOUT:
-                # Waited coalesce_timeout: one waiter takes the fill over, the others (here
-                # or in other processes) wait again, as long again, for any fill to store.
-                deadline = time.monotonic() + config.coalesce_timeout
-                if fills.claim_takeover(config.coalesce_timeout):
-                    # The first here: it fills, or if a waiter of another process took the
-                    # fill over, looks for that one's entry in Redis for this process.
-                    takeover = FillLock(variant=variant, token=new_token())
-                    tried = (takeover, await self._take_over(request, found, takeover))
-                    break
-            elif outcome is not Outcome.ERROR and not (
-                outcome is Outcome.STORED and since is not None
-            ):
-                # Not storable, or not our variant: no more waiting.
-                await self.forward(request, found, fwd, stale).run(scope, receive, send)
-                return
-            # The fill failed, or answered before this request came: follow the fills still
-            # under way, or become the next filler.
-        fills = self._inflight.get(key)
-        if fills is None:
-            fills = self._inflight[key] = Fills()
-        fills.running += 1
-        outcome = Outcome.ERROR
-        try:
-            outcome = await self._fill_or_wait(
-                request, found, receive, send, fwd, stale, variant, deadline, tried, since, fills
-            )
-        finally:
-            fills.end(outcome)
-            # A fill that took over from this one may be under way: its waiters stay.
-            if not fills.running and self._inflight.get(key) is fills:
-                del self._inflight[key]
-
-    async def _fill_or_wait(
-        self,
-        request: Request,
-        found: Lookup,
-        receive: Receive,
-        send: Send,
-        fwd: str,
-        stale: CachedEntry | None,
-        variant: str,
-        deadline: float,
-        tried: Tried | None,
-        since: float | None,
-        fills: Fills,
-    ) -> Outcome:
-        """Fill the entry under the Redis lock, or wait for the process that holds it.
-
-        ``tried`` is the lock the lookup (or a takeover) already tried for this variant, and
-        how that went. ``fills`` are this process's fills of the key, this one among them.
-        Return the outcome for this process's waiters.
-        """
-        locks = self.ctx.locks
-        uhash = request.uhash
-        generation = found.generation
-        state: int | None
-        if tried is not None and tried[0].variant == variant:
-            fill, state = tried
-        else:
-            if tried is not None and tried[1] == ACQUIRED:  # another variant's lock: give back
-                await locks.release(uhash, tried[0], generation)
-            fill = FillLock(variant=variant, token=new_token())
-            state = await locks.acquire(uhash, fill, generation)
-        delay = POLL_FIRST
-        waited = False
-        while True:
-            if state == HELD and time.monotonic() >= deadline:
-                # Waited coalesce_timeout: one waiter takes the fill over, as in ``miss``.
-                window = self.ctx.config.coalesce_timeout
-                deadline = time.monotonic() + window
-                if fills.claim_takeover(window):
-                    state = await self._take_over(request, found, fill)
-            if state == ACQUIRED and waited and await self._serve_filled(request, send, fwd, since):
-                # The lock came free because its owner stored (the store deletes the lock),
-                # after our last look: serve that entry, not a second app call.
-                await locks.release(uhash, fill, generation)
-                return Outcome.STORED
-            if state != HELD:
-                # The filler; or Redis failed, or the URL is known not to be storable
-                # (hit-for-pass): no queueing either way.
-                owned = fill if state == ACQUIRED else None
-                forward = self.forward(request, found, fwd, stale, fill=owned)
-                return await forward.run(request.scope, receive, send)
-            # Held by another process: wait for its entry, or for the lock to free up (and
-            # look at once when a fill of this process ends).
-            await fills.next_end(min(delay, deadline - time.monotonic()))
-            delay = min(delay * 2, POLL_CAP)
-            waited = True
-            if await self._serve_filled(request, send, fwd, since):
-                return Outcome.STORED
-            state = await locks.acquire(uhash, fill, generation)
-
-    async def _take_over(self, request: Request, found: Lookup, fill: FillLock) -> int | None:
-        """The first waiter of this process whose ``coalesce_timeout`` ran out asks Redis
-        whether it takes the fill over, calling the app in place of the slow filler. None
-        when Redis failed: this waiter fills without a lock."""
-        state = await self.ctx.locks.take_over(request.uhash, fill, found.generation)
-        if state != HELD and request.debug:
-            logger.debug(
-                "fill taken over after waiting %g s (coalesce_timeout): %s %r",
-                self.ctx.config.coalesce_timeout,
-                request.method,
-                request.path,
-            )
-        return state
-
-    async def _serve_filled(
-        self, request: Request, send: Send, fwd: str, since: float | None = None
-    ) -> bool:
-        """Serve the entry another request just filled, if it is there and usable; with
-        ``since`` (a request ``no-cache``), only if the app produced it (``stored_at``, its
-        response's start) at or after that time."""
-        found, _ = await self.lookups.find(request)
-        if found is None or found.entry is None:
-            return False
-        entry = found.entry
-        if since is not None and entry.stored_at < since:
-            return False
-        if request.private:
-            # A private request (credentials, cookies) never follows a fill (``miss``); were
-            # one to get here, another request's fill is not its answer.
-            return False
-        age = entry.age(self.ctx.clock())
-        # Fresh, by the entry and by the request's own max-age / min-fresh, or the request
-        # goes on to fill (or wait) itself. Its age as the client is told it (``Age`` is in
-        # whole seconds): a fill the app answered while this request waited is ``Age: 0``,
-        # which a reload's ``max-age=0`` accepts.
-        verdict = usable(request, found, entry, int(age))
-        if not verdict.usable or verdict.stale:
-            return False
-        ctx = self.ctx
-        status = collapsed_status(ctx.config.cache_name, fwd, entry, age)
-        ctx.cache.stats.collapsed += 1
-        await replay(entry, age, request, status, send)
-        if request.debug:
-            logger.debug("collapsed (%s): %s %r", status, request.method, request.path)
-        return True
+        await _Miss(self, request, found, receive, send, fwd, stale, since).run(tried)
 
     async def refill(self, request: Request, receive: Receive, send: Send) -> None:
         """Answer a request ``no-cache`` (or ``Pragma: no-cache``) with a response the app
@@ -269,11 +99,207 @@ class Coalescer:
         )
 
 
+class _Miss:
+    """One miss on its way: it follows this process's fills of its key, fills under the
+    Redis lock, or polls for another process's fill; it holds only what its answer needs."""
+
+    __slots__ = (
+        "coalescer",
+        "ctx",
+        "found",
+        "fwd",
+        "key",
+        "receive",
+        "request",
+        "send",
+        "since",
+        "stale",
+        "variant",
+    )
+
+    def __init__(
+        self,
+        coalescer: Coalescer,
+        request: Request,
+        found: Lookup,
+        receive: Receive,
+        send: Send,
+        fwd: str,
+        stale: CachedEntry | None,
+        since: float | None,
+    ) -> None:
+        self.coalescer = coalescer
+        self.ctx = coalescer.ctx
+        self.request = request
+        self.found = found
+        self.receive = receive
+        self.send = send
+        self.fwd = fwd
+        self.stale = stale
+        self.since = since
+        self.variant = fill_variant(request, found)
+        self.key = f"{request.uhash}:{self.variant}"
+
+    def _forward(self, fill: FillLock | None = None) -> Forward:
+        """The forward of this miss, with what the stale entry found may do for it."""
+        fallback, revalidate = stand_ins(self.stale, self.request, self.ctx.clock())
+        return Forward(
+            self.ctx,
+            self.request,
+            self.found,
+            fwd=self.fwd,
+            fallback=fallback,
+            revalidate=revalidate,
+            fill=fill,
+        )
+
+    async def _forward_alone(self) -> None:
+        await self._forward().run(self.request.scope, self.receive, self.send)
+
+    async def run(self, tried: Tried | None) -> None:
+        request = self.request
+        config = self.ctx.config
+        if not config.coalesce or request.method != "GET" or request.private:
+            await self._forward_alone()
+            return
+        owns_lock = tried is not None and tried[1] == ACQUIRED
+        inflight = self.coalescer.inflight
+        deadline = time.monotonic() + config.coalesce_timeout
+        while not owns_lock and (fills := inflight.get(self.key)) is not None:
+            # Other requests of this process are filling, or waiting for another process's
+            # fill: follow them, and look again when one of them ends.
+            outcome = await fills.next_end(deadline - time.monotonic())
+            if outcome is Outcome.STORED and await self._serve_filled():
+                return
+            if outcome is Outcome.TIMEOUT:
+                # Waited coalesce_timeout: one waiter takes the fill over, the others (here
+                # or in other processes) wait again, as long again, for any fill to store.
+                deadline = time.monotonic() + config.coalesce_timeout
+                if fills.claim_takeover(config.coalesce_timeout):
+                    # The first here: it fills, or if a waiter of another process took the
+                    # fill over, looks for that one's entry in Redis for this process.
+                    takeover = FillLock(variant=self.variant, token=new_token())
+                    tried = (takeover, await self._take_over(takeover))
+                    break
+            elif outcome is not Outcome.ERROR and not (
+                outcome is Outcome.STORED and self.since is not None
+            ):
+                # Not storable, or not our variant: no more waiting.
+                await self._forward_alone()
+                return
+            # The fill failed, or answered before this request came: follow the fills still
+            # under way, or become the next filler.
+        fills = inflight.get(self.key)
+        if fills is None:
+            fills = inflight[self.key] = Fills()
+        fills.running += 1
+        outcome = Outcome.ERROR
+        try:
+            outcome = await self._fill_or_wait(fills, deadline, tried)
+        finally:
+            fills.end(outcome)
+            # A fill that took over from this one may be under way: its waiters stay.
+            if not fills.running and inflight.get(self.key) is fills:
+                del inflight[self.key]
+
+    async def _fill_or_wait(self, fills: Fills, deadline: float, tried: Tried | None) -> Outcome:
+        """Fill the entry under the Redis lock, or wait for the process that holds it.
+
+        ``tried`` is the lock the lookup (or a takeover) already tried for this variant, and
+        how that went. ``fills`` are this process's fills of the key, this one among them.
+        Return the outcome for this process's waiters.
+        """
+        locks = self.ctx.locks
+        uhash = self.request.uhash
+        generation = self.found.generation
+        state: int | None
+        if tried is not None and tried[0].variant == self.variant:
+            fill, state = tried
+        else:
+            if tried is not None and tried[1] == ACQUIRED:  # another variant's lock: give back
+                await locks.release(uhash, tried[0], generation)
+            fill = FillLock(variant=self.variant, token=new_token())
+            state = await locks.acquire(uhash, fill, generation)
+        delay = POLL_FIRST
+        waited = False
+        while True:
+            if state == HELD and time.monotonic() >= deadline:
+                # Waited coalesce_timeout: one waiter takes the fill over, as in ``run``.
+                window = self.ctx.config.coalesce_timeout
+                deadline = time.monotonic() + window
+                if fills.claim_takeover(window):
+                    state = await self._take_over(fill)
+            if state == ACQUIRED and waited and await self._serve_filled():
+                # The lock came free because its owner stored (the store deletes the lock),
+                # after our last look: serve that entry, not a second app call.
+                await locks.release(uhash, fill, generation)
+                return Outcome.STORED
+            if state != HELD:
+                # The filler; or Redis failed, or the URL is known not to be storable
+                # (hit-for-pass): no queueing either way.
+                forward = self._forward(fill if state == ACQUIRED else None)
+                return await forward.run(self.request.scope, self.receive, self.send)
+            # Held by another process: wait for its entry, or for the lock to free up (and
+            # look at once when a fill of this process ends).
+            await fills.next_end(min(delay, deadline - time.monotonic()))
+            delay = min(delay * 2, POLL_CAP)
+            waited = True
+            if await self._serve_filled():
+                return Outcome.STORED
+            state = await locks.acquire(uhash, fill, generation)
+
+    async def _take_over(self, fill: FillLock) -> int | None:
+        """The first waiter of this process whose ``coalesce_timeout`` ran out asks Redis
+        whether it takes the fill over, calling the app in place of the slow filler. None
+        when Redis failed: this waiter fills without a lock."""
+        request = self.request
+        state = await self.ctx.locks.take_over(request.uhash, fill, self.found.generation)
+        if state != HELD and request.debug:
+            logger.debug(
+                "fill taken over after waiting %g s (coalesce_timeout): %s %r",
+                self.ctx.config.coalesce_timeout,
+                request.method,
+                request.path,
+            )
+        return state
+
+    async def _serve_filled(self) -> bool:
+        """Serve the entry another request just filled, if it is there and usable; with
+        ``since`` (a request ``no-cache``), only if the app produced it (``stored_at``, its
+        response's start) at or after that time."""
+        request = self.request
+        found, _ = await self.coalescer.lookups.find(request)
+        if found is None or found.entry is None:
+            return False
+        entry = found.entry
+        if self.since is not None and entry.stored_at < self.since:
+            return False
+        if request.private:
+            # A private request (credentials, cookies) never follows a fill (``run``); were
+            # one to get here, another request's fill is not its answer.
+            return False
+        age = entry.age(self.ctx.clock())
+        # Fresh, by the entry and by the request's own max-age / min-fresh, or the request
+        # goes on to fill (or wait) itself. Its age as the client is told it (``Age`` is in
+        # whole seconds): a fill the app answered while this request waited is ``Age: 0``,
+        # which a reload's ``max-age=0`` accepts.
+        verdict = usable(request, found, entry, int(age))
+        if not verdict.usable or verdict.stale:
+            return False
+        ctx = self.ctx
+        status = collapsed_status(ctx.config.cache_name, self.fwd, entry, age)
+        ctx.cache.stats.collapsed += 1
+        await replay(entry, age, request, status, self.send)
+        if request.debug:
+            logger.debug("collapsed (%s): %s %r", status, request.method, request.path)
+        return True
+
+
 class Fills:
     """The requests of this process filling one fill key (URL hash and variant), or waiting
     for another process's fill of it: the process's other requests for the key follow them.
 
-    Usually one; more when a waiter took a slow fill over (``take_over``) while the slow
+    Usually one; more when a waiter took a slow fill over (``_Miss._take_over``) while the slow
     one runs on. Each one's end wakes every follower, so that any fill that stores serves
     them all.
     """
@@ -299,7 +325,7 @@ class Fills:
 
     def claim_takeover(self, window: float) -> bool:
         """Whether a waiter whose wait ran out is the first of this process to in ``window``
-        seconds: it then tries to take the fill over (``take_over``); the others wait
+        seconds: it then tries to take the fill over; the others wait
         again, for its fill or, when it loses to another process, its look in Redis."""
         now = time.monotonic()
         if self._taken_until > now:
