@@ -978,3 +978,24 @@ async def test_a_waiter_is_served_a_fill_only_as_fresh_as_it_asks(cache: RedisCa
     assert "collapsed" not in picky.headers["cache-status"]
     assert picky.headers["cache-status"].startswith("redis-cache; fwd=uri-miss; fwd-status=200")
     assert origin.calls["/f"] == 2
+
+
+def test_a_forked_worker_names_its_own_process_in_its_tokens() -> None:
+    # The process id is read once per process, not per token: a worker forked after the
+    # import (uvicorn, gunicorn) must still put its own id in its tokens.
+    from redis_cache_middleware.cache import new_token
+
+    parent = new_token()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            os.write(write, f"{os.getpid():x} {new_token()}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_pid, child_token = pipe.read().split()
+    os.waitpid(child, 0)
+    assert child_token.split(".")[1] == child_pid != parent.split(".")[1]
+    assert child_token.split(".")[0] == parent.split(".")[0]

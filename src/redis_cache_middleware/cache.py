@@ -329,7 +329,7 @@ class RedisCache:
         query_string: bytes,
         method: str = "GET",
     ) -> str:
-        """Return the hash naming the keys of a URL (``_url_keys.UrlKeys.url_hash``)."""
+        """Return the hash naming the keys of a URL (``_redis.url_keys.UrlKeys.url_hash``)."""
         return self._url_keys.url_hash(scheme, host, path, query_string, method)
 
     def hash_for_url(self, url: str, method: str = "GET") -> str:
@@ -340,7 +340,7 @@ class RedisCache:
         """Return the Vary names last seen for a URL in this process, if any."""
         return self._state.vary_names.get(uhash)
 
-    # -- entries and fill locks: the middleware's calls (see _lookup, _store, _fill_locks) -
+    # -- entries and fill locks: the middleware's calls (see _redis/: lookup, store, fill_locks)
     # ``lookup`` (once a request) and ``store`` (once a miss) hand back their part's
     # coroutine rather than await it in one of their own: a call costs one frame, not two.
 
@@ -352,7 +352,7 @@ class RedisCache:
         fill: FillLock | None = None,
         fill_ttl: float = 5.0,
     ) -> Coroutine[Any, Any, Lookup]:
-        """Return what is stored for a URL, or its variant (``_lookup.Reader.lookup``)."""
+        """Return what is stored for a URL, or its variant (``_redis.lookup.Reader.lookup``)."""
         return self._reader.lookup(uhash, values_for, guess, fill, fill_ttl)
 
     def store(
@@ -369,7 +369,7 @@ class RedisCache:
         path: str | None = None,
         fill: FillLock | None = None,
     ) -> Coroutine[Any, Any, None]:
-        """Store an entry for a URL or for one variant of it (``_store.Writer.store``)."""
+        """Store an entry for a URL or for one variant of it (``_redis.store.Writer.store``)."""
         return self._writer.store(
             uhash,
             entry,
@@ -384,30 +384,30 @@ class RedisCache:
         )
 
     async def drop_entry(self, uhash: str, key: str, stored_at: float) -> bool:
-        """Delete a superseded entry, unless stored again since (``_store.Writer.drop``)."""
+        """Delete a superseded entry, unless stored again since (``_redis.store.Writer.drop``)."""
         return await self._writer.drop(uhash, key, stored_at)
 
     async def acquire_fill(self, uhash: str, fill: FillLock, ttl: float, generation: int) -> int:
-        """Try to take a fill lock (``_fill_locks.FillLocks.acquire``)."""
+        """Try to take a fill lock (``_redis.fill_locks.FillLocks.acquire``)."""
         return await self._locks.acquire(uhash, fill, ttl, generation)
 
     async def renew_fill(self, uhash: str, fill: FillLock, ttl: float, generation: int) -> bool:
-        """Extend a fill lock this request holds (``_fill_locks.FillLocks.renew``)."""
+        """Extend a fill lock this request holds (``_redis.fill_locks.FillLocks.renew``)."""
         return await self._locks.renew(uhash, fill, ttl, generation)
 
     async def take_over_fill(
         self, uhash: str, fill: FillLock, ttl: float, window: float, generation: int
     ) -> int:
-        """Take a slow fill's lock over (``_fill_locks.FillLocks.take_over``)."""
+        """Take a slow fill's lock over (``_redis.fill_locks.FillLocks.take_over``)."""
         return await self._locks.take_over(uhash, fill, ttl, window, generation)
 
     async def release_fill(
         self, uhash: str, fill: FillLock, generation: int, *, pass_for: float = 0.0
     ) -> None:
-        """Release a fill lock this request owns (``_fill_locks.FillLocks.release``)."""
+        """Release a fill lock this request owns (``_redis.fill_locks.FillLocks.release``)."""
         await self._locks.release(uhash, fill, generation, pass_for=pass_for)
 
-    # -- purges (see _purging) --------------------------------------------------------------
+    # -- purges (see _redis/purging) -------------------------------------------------------
 
     @_admin
     async def purge_url(self, url: str, *, method: str = "GET") -> int:
@@ -456,10 +456,10 @@ class RedisCache:
         return self._purger.on_purge is not None
 
     def notify_soon(self, event: PurgeEvent) -> None:
-        """Call the ``on_purge`` hook soon, in a task (``_purging.Purger.notify_soon``)."""
+        """Call the ``on_purge`` hook soon, in a task (``_redis.purging.Purger.notify_soon``)."""
         self._purger.notify_soon(event)
 
-    # -- inspection (see _inspect) ----------------------------------------------------------
+    # -- inspection (see _redis/inspection) ---------------------------------------------------
 
     @_admin
     async def inspect_url(self, url: str, *, method: str = "GET") -> list[EntryInfo]:

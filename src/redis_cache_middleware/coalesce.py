@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from ._timeouts import bounded
 from ._types import Receive, Send
@@ -49,7 +51,7 @@ class Coalescer:
         #: In-process fills under way, by fill key: waiters in this process follow them.
         self.inflight: dict[str, Fills] = {}
 
-    async def miss(
+    def miss(
         self,
         request: Request,
         found: Lookup,
@@ -60,7 +62,7 @@ class Coalescer:
         stale: CachedEntry | None,
         tried: Tried | None = None,
         since: float | None = None,
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
         """Answer a request the cache could not: fill the entry, or wait for the request that
         fills it (in this process or another) and serve what that one stores.
 
@@ -70,9 +72,10 @@ class Coalescer:
         did (one it ACQUIRED is this request's to fill under at once, or to give back).
         ``since`` is set for a request ``no-cache`` (when it arrived): only an entry whose
         response the app produced after then may serve it; for a fill that began answering
-        before, it waits for the next fill, or makes it.
+        before, it waits for the next fill, or makes it. (The miss's own coroutine is
+        handed back, not awaited in one of this method's: one frame less a miss.)
         """
-        await _Miss(self, request, found, receive, send, fwd, stale, since).run(tried)
+        return _Miss(self, request, found, receive, send, fwd, stale, since).run(tried)
 
     async def refill(self, request: Request, receive: Receive, send: Send) -> None:
         """Answer a request ``no-cache`` (or ``Pragma: no-cache``) with a response the app
@@ -142,7 +145,9 @@ class _Miss:
 
     def _forward(self, fill: FillLock | None = None) -> Forward:
         """The forward of this miss, with what the stale entry found may do for it."""
-        fallback, revalidate = stand_ins(self.stale, self.request, self.ctx.clock())
+        fallback = revalidate = None
+        if self.stale is not None:
+            fallback, revalidate = stand_ins(self.stale, self.request, self.ctx.clock())
         return Forward(
             self.ctx,
             self.request,

@@ -190,7 +190,8 @@ class CacheMiddleware:
             age = entry.age(self.context.clock())
             verdict = usable(request, found, entry, age)
             if verdict.usable:
-                await self._serve(request, found, entry, age, verdict.stale, send)
+                status = self._hit(request, found, entry, age, verdict.stale)
+                await replay(entry, age, request, status, send)
                 self.cache.stats.hit_seconds += time.perf_counter() - started
                 return
             if verdict.reason in policy.REQUEST_REFUSALS:
@@ -210,18 +211,12 @@ class CacheMiddleware:
         tried = (fill, lock) if fill is not None and lock is not None else None
         await self.coalescer.miss(request, found, receive, send, fwd=fwd, stale=stale, tried=tried)
 
-    async def _serve(
-        self,
-        request: Request,
-        found: Lookup,
-        entry: CachedEntry,
-        age: float,
-        stale: bool,
-        send: Send,
-    ) -> None:
-        """Answer from the cache, fresh or within stale-while-revalidate (refreshed behind
-        the response): a hit, its time counted in ``hit_seconds``, so that the two describe
-        the same answers."""
+    def _hit(
+        self, request: Request, found: Lookup, entry: CachedEntry, age: float, stale: bool
+    ) -> str:
+        """Count a hit, fresh or within stale-while-revalidate (then refreshed behind the
+        response), and return its ``Cache-Status``. Its time goes to ``hit_seconds``, so
+        that the two describe the same answers."""
         name = self.config.cache_name
         if stale:
             self.refresher.refresh_later(request, found, entry)
@@ -229,10 +224,10 @@ class CacheMiddleware:
         else:
             status = hit_status(name, entry, age)
         self.cache.stats.hit += 1
-        await replay(entry, age, request, status, send)
         if request.debug:
             kind = "stale hit" if stale else "hit"
             logger.debug("%s (%s): %s %r", kind, status, request.method, request.path)
+        return status
 
     async def _pass(self, request: Request, receive: Receive, send: Send) -> None:
         """Forward a request past the cache: a rule that never caches its path, the bypass

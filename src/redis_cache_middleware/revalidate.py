@@ -14,13 +14,11 @@ from .entry import CachedEntry
 
 
 def stand_ins(
-    stale: CachedEntry | None, request: Request, now: float
+    stale: CachedEntry, request: Request, now: float
 ) -> tuple[CachedEntry | None, CachedEntry | None]:
     """Return what a stale entry found for ``request`` does for its forward: the fallback
     that answers instead of an error status (within ``stale-if-error``), and the entry
     whose validators are sent to the app (unless the client sent its own)."""
-    if stale is None:
-        return None, None
     fallback = revalidate = None
     if policy.can_serve_stale_on_error(stale.fresh_for, stale.age(now), stale.stale_if_error):
         fallback = stale

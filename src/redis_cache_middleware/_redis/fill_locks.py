@@ -67,12 +67,23 @@ return 1
 
 _TOKEN_PREFIX = secrets.token_hex(6)
 _TOKEN_COUNTER = itertools.count()
+#: The random prefix and this process's id: a forked worker shares the prefix, so its id is
+#: taken again in the child (``getpid`` is a system call: not one per lookup).
+_token_stem = f"{_TOKEN_PREFIX}.{os.getpid():x}."
+
+
+def _after_fork() -> None:
+    global _token_stem
+    _token_stem = f"{_TOKEN_PREFIX}.{os.getpid():x}."
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def new_token() -> str:
     """Return a fill lock token no other request, process or host uses: a random prefix
     drawn at import, the process id (forked workers share the prefix) and a counter."""
-    return f"{_TOKEN_PREFIX}.{os.getpid():x}.{next(_TOKEN_COUNTER):x}"
+    return f"{_token_stem}{next(_TOKEN_COUNTER):x}"
 
 
 @dataclass(frozen=True, slots=True)
