@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
-from typing import Any
 
 from ._timeouts import bounded
 from ._types import Receive, Send
@@ -51,32 +49,6 @@ class Coalescer:
         #: In-process fills under way, by fill key: waiters in this process follow them.
         self.inflight: dict[str, Fills] = {}
 
-    def miss(
-        self,
-        request: Request,
-        found: Lookup,
-        receive: Receive,
-        send: Send,
-        *,
-        fwd: str,
-        stale: CachedEntry | None,
-        tried: Tried | None = None,
-        since: float | None = None,
-    ) -> Coroutine[Any, Any, None]:
-        """Answer a request the cache could not: fill the entry, or wait for the request that
-        fills it (in this process or another) and serve what that one stores.
-
-        ``found`` is what its lookup found (``stale``: an entry too old to serve, which may
-        still stand in for an error or be revalidated); ``fwd`` its ``Cache-Status``
-        forward reason. ``tried`` is the fill lock the lookup took in its round trip, if it
-        did (one it ACQUIRED is this request's to fill under at once, or to give back).
-        ``since`` is set for a request ``no-cache`` (when it arrived): only an entry whose
-        response the app produced after then may serve it; for a fill that began answering
-        before, it waits for the next fill, or makes it. (The miss's own coroutine is
-        handed back, not awaited in one of this method's: one frame less a miss.)
-        """
-        return _Miss(self, request, found, receive, send, fwd, stale, since).run(tried)
-
     async def refill(self, request: Request, receive: Receive, send: Send) -> None:
         """Answer a request ``no-cache`` (or ``Pragma: no-cache``) with a response the app
         produced after it arrived (RFC 9111 5.2.1.4), coalesced like a miss: by its own app
@@ -97,14 +69,20 @@ class Coalescer:
         # the answer to a bypass does (``drop_superseded``).
         found = Lookup(state=found.state, generation=found.generation, names=found.names)
         tried = (fill, state) if state is not None else None
-        await self.miss(
-            request, found, receive, send, fwd="request", stale=None, tried=tried, since=since
-        )
+        await Miss(self, request, found, receive, send, "request", None, since).run(tried)
 
 
-class _Miss:
-    """One miss on its way: it follows this process's fills of its key, fills under the
-    Redis lock, or polls for another process's fill; it holds only what its answer needs."""
+class Miss:
+    """A request the cache could not answer, on its way: it fills the entry, or waits for
+    the request that fills it (in this process or another) and serves what that one
+    stores. It holds only what its answer needs.
+
+    ``found`` is what its lookup found (``stale``: an entry too old to serve, which may still
+    stand in for an error or be revalidated); ``fwd`` its ``Cache-Status`` forward reason.
+    ``since`` is set for a request ``no-cache`` (when it arrived): only an entry whose
+    response the app produced after then may serve it; for a fill that began answering
+    before, it waits for the next fill, or makes it.
+    """
 
     __slots__ = (
         "coalescer",
@@ -129,7 +107,7 @@ class _Miss:
         send: Send,
         fwd: str,
         stale: CachedEntry | None,
-        since: float | None,
+        since: float | None = None,
     ) -> None:
         self.coalescer = coalescer
         self.ctx = coalescer.ctx
@@ -161,7 +139,9 @@ class _Miss:
     async def _forward_alone(self) -> None:
         await self._forward().run(self.request.scope, self.receive, self.send)
 
-    async def run(self, tried: Tried | None) -> None:
+    async def run(self, tried: Tried | None = None) -> None:
+        """Answer it. ``tried`` is the fill lock the lookup took in its round trip, if it
+        did: one it ACQUIRED is this request's to fill under at once, or to give back."""
         request = self.request
         config = self.ctx.config
         if not config.coalesce or request.method != "GET" or request.private:
@@ -304,7 +284,7 @@ class Fills:
     """The requests of this process filling one fill key (URL hash and variant), or waiting
     for another process's fill of it: the process's other requests for the key follow them.
 
-    Usually one; more when a waiter took a slow fill over (``_Miss._take_over``) while the slow
+    Usually one; more when a waiter took a slow fill over (``Miss._take_over``) while the slow
     one runs on. Each one's end wakes every follower, so that any fill that stores serves
     them all.
     """

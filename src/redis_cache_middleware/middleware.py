@@ -28,7 +28,7 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .admit import Request, Route, admit
 from .background import BackgroundTasks
 from .cache import FillLock, Lookup, RedisCache, new_token
-from .coalesce import Coalescer
+from .coalesce import Coalescer, Miss
 from .config import (
     DEFAULT_CACHE_NAME,
     DEFAULT_COALESCE_TIMEOUT,
@@ -209,7 +209,7 @@ class CacheMiddleware:
         else:
             self.cache.stats.miss += 1
         tried = (fill, lock) if fill is not None and lock is not None else None
-        await self.coalescer.miss(request, found, receive, send, fwd=fwd, stale=stale, tried=tried)
+        await Miss(self.coalescer, request, found, receive, send, fwd, stale).run(tried)
 
     def _hit(
         self, request: Request, found: Lookup, entry: CachedEntry, age: float, stale: bool
