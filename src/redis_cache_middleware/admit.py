@@ -7,7 +7,7 @@ body), forwards it past the cache (a rule that never caches, the bypass header, 
 is shown.
 
 May call: ``policy`` (request directives), ``config`` (rules), ``RedisCache.url_hash`` and
-``app_query`` (pure key arithmetic). No Redis, no app.
+``app_query`` (pure key arithmetic), ``vary_values`` (pure). No Redis, no app.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ._types import RawHeaders, Scope
 from .config import CacheConfig
 from .keys import normalise_host
 from .stats import logger
+from .vary_values import FIELDS, normalise
 
 if TYPE_CHECKING:
     from .cache import RedisCache
@@ -215,10 +216,11 @@ class Request:
         return kept
 
     def values_for(self, names: tuple[str, ...]) -> list[bytes | None]:
-        """Return the request's value of each named header: repeats joined, None if absent.
+        """Return the request's value of each named header: repeats joined, None if absent,
+        as variants compare them (``vary_values.normalise``: ``gzip, br`` is ``br,gzip``).
 
         ``Cookie`` is given without the cookies of ``ignore_cookies``, so that they never
-        reach a key.
+        reach a key; otherwise exactly as sent.
         """
         wanted = {n.encode("latin-1"): i for i, n in enumerate(names)}
         found: list[list[bytes] | None] = [None] * len(names)
@@ -230,7 +232,12 @@ class Request:
                     found[index] = [value.strip()]
                 else:
                     bucket.append(value.strip())
-        values = [None if v is None else b", ".join(v) for v in found]
+        values: list[bytes | None] = [None] * len(names)
+        for index, lines in enumerate(found):
+            if lines is not None:
+                name = names[index]
+                joined = b", ".join(lines)
+                values[index] = normalise(name, joined) if name in FIELDS else joined
         cookie = wanted.get(b"cookie")
         if cookie is not None and self.cookie_filter is not None and self.cookies:
             kept = self._kept_cookies()

@@ -362,7 +362,7 @@ class Forward:
         assert entry is not None
         config = self.ctx.config
         now = self.ctx.clock()
-        headers = policy.merge_not_modified(entry.headers, self.headers)
+        headers = policy.merge_not_modified(entry.headers, storing.end_to_end(self.headers))
         decision = storing.decide(config, self.request, entry.status, headers, now)
         vary = storing.varying(config, self.request, decision)
         # The tags the entry had and any the 304 names: a purge by either finds it.

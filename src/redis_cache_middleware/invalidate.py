@@ -1,6 +1,8 @@
-"""Invalidation by unsafe methods (RFC 9111 4.4): a POST, PUT, PATCH or DELETE that succeeds
-purges the cached GET of its URL, and of the ``Location`` / ``Content-Location`` it names on
-the same host, before the client hears back.
+"""Invalidation by unsafe methods (RFC 9111 4.4): a request whose method is not known to be
+safe (any but GET, HEAD, OPTIONS and TRACE: POST, PUT, PATCH, DELETE, and extension methods
+such as PROPPATCH or one no specification defines) that succeeds purges the cached GET of its
+URL, and of the ``Location`` / ``Content-Location`` it names on the same host, before the
+client hears back.
 
 May call: the app; ``RedisCache.purge_hashes`` through ``guarded``; the cache's ``on_purge``
 hook, behind the response.
@@ -18,8 +20,17 @@ from .guard import Skipped, guarded
 from .keys import normalise_host
 from .stats import logger
 
-#: Methods whose success invalidates the cached GET of their URL (RFC 9111 4.4).
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: The methods RFC 9110 9.2.1 defines as safe. Every other one, a method of unknown safety
+#: included, invalidates the cached GET of its URL when it succeeds (RFC 9111 4.4). Method
+#: names are case-sensitive (RFC 9110 9.1): ``get`` is not ``GET``.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def invalidates(method: str) -> bool:
+    """Return whether a request with this method invalidates its URL when it succeeds: any
+    method not known to be safe (RFC 9111 4.4)."""
+    return method not in SAFE_METHODS
+
 
 #: Characters a path keeps unescaped in the URLs given to ``on_purge`` (RFC 3986 pchar).
 URL_PATH_SAFE = "/:@!$&'()*+,;=-._~"

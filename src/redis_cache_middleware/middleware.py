@@ -48,7 +48,7 @@ from .entry import CachedEntry
 from .exceptions import ConfigError
 from .fill_lock import LockCalls
 from .forward import Forward
-from .invalidate import UNSAFE_METHODS, Invalidate
+from .invalidate import Invalidate, invalidates
 from .lookups import Lookups, usable
 from .purge import PurgeEndpoint, is_purge_request
 from .refresh import Refresher
@@ -253,8 +253,9 @@ class CacheMiddleware:
             )
 
     async def _other_method(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Methods other than GET and HEAD go to the app; unsafe ones invalidate."""
-        if scope["method"] in UNSAFE_METHODS and self.config.invalidate_on_unsafe:
+        """Methods other than GET and HEAD go to the app; those not known to be safe (all
+        but OPTIONS and TRACE) invalidate when they succeed."""
+        if self.config.invalidate_on_unsafe and invalidates(scope["method"]):
             await Invalidate(self.context, scope).run(receive, send)
         else:
             await self.app(scope, receive, send)

@@ -2,10 +2,10 @@
 
 The policy (``policy.decide_store``, pure) says whether a response may be stored and for how
 long; this module applies it with the middleware's options (``decide``), builds the entry a
-response becomes (hop-by-hop headers out, ``Content-Length`` and an optional ``ETag`` in, the
-tags and the request values it varies on), bounds its size, and writes it (``put``) or drops
-an entry a newer answer superseded (``drop_superseded``). "Why was this not stored?" is
-answered here and in ``policy``.
+response becomes (hop-by-hop headers and those ``Connection`` names out, ``Content-Length``
+and an optional ``ETag`` in, the tags and the request values it varies on), bounds its size,
+and writes it (``put``) or drops an entry a newer answer superseded (``drop_superseded``).
+"Why was this not stored?" is answered here and in ``policy``.
 
 May call: ``policy``, ``RedisCache.store`` and ``drop_entry`` through ``guarded``.
 """
@@ -42,6 +42,30 @@ HOP_BY_HOP = frozenset(
 )
 
 NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def connection_options(headers: RawHeaders) -> frozenset[bytes]:
+    """Return the lowercase names a response's ``Connection`` fields list: options for this
+    one connection, each naming the field (if any) that goes with it (RFC 9110 7.6.1)."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            for option in value.split(b","):
+                option = option.strip(b" \t").lower()
+                if option:
+                    named.add(option)
+    return frozenset(named)
+
+
+def end_to_end(headers: RawHeaders) -> RawHeaders:
+    """Return the response fields a cache keeps: not the hop-by-hop ones, nor those its
+    ``Connection`` names, which a proxy removes before forwarding and a cache before
+    storing (RFC 9111 3.1). Names are lowercase."""
+    dropped = HOP_BY_HOP
+    if any(name == b"connection" for name, _ in headers):
+        dropped = dropped | connection_options(headers)
+    return [(k, v) for k, v in headers if k not in dropped]
+
 
 #: Response headers that carry surrogate keys (tags): name -> separator (None: whitespace).
 TAG_HEADERS: dict[bytes, str | None] = {b"surrogate-key": None, b"cache-tag": ","}
@@ -152,9 +176,9 @@ def response_entry(
     tags: tuple[str, ...],
     record: tuple[tuple[str, bytes | None], ...],
 ) -> CachedEntry:
-    """The entry a response becomes: hop-by-hop headers out, ``Content-Length`` in (and an
-    ``ETag`` with ``add_etag``)."""
-    kept = [(k, v) for k, v in headers if k not in HOP_BY_HOP]
+    """The entry a response becomes: hop-by-hop headers and those ``Connection`` names out
+    (``end_to_end``), ``Content-Length`` in (and an ``ETag`` with ``add_etag``)."""
+    kept = end_to_end(headers)
     if status not in NO_BODY_STATUSES and not any(k == b"content-length" for k, _ in kept):
         kept.append((b"content-length", str(len(body)).encode()))
     if config.add_etag and status == 200 and not any(k == b"etag" for k, _ in kept):
