@@ -220,6 +220,7 @@ MIDDLEWARE_DEFAULTS: dict[str, object] = {
     "purge_path": "/_cache/purge",
     "stale_while_revalidate": 0,
     "stale_if_error": 0,
+    "stale_on_error_grace": 0,
     "keep_for_revalidation": 60,
     "add_etag": False,
     "coalesce": True,

@@ -17,13 +17,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from redis_cache_middleware import CacheMiddleware, RedisCache, keys
+from redis_cache_middleware import CacheMiddleware, ConfigError, RedisCache, keys
+from redis_cache_middleware.admit import Request as CacheRequest
+from redis_cache_middleware.config import CacheConfig
 from redis_cache_middleware.entry import CachedEntry, decode, encode
 from redis_cache_middleware.invalidate import invalidates
+from redis_cache_middleware.policy import HEURISTIC_STATUSES, decide_store
+from redis_cache_middleware.ranges import (
+    HUGE,
+    Part,
+    Whole,
+    if_range_holds,
+    parse_range,
+    satisfy,
+    select,
+)
+from redis_cache_middleware.revalidate import forbids_stale, stand_in_detail, stand_ins
 from redis_cache_middleware.storing import connection_options, end_to_end
 from redis_cache_middleware.vary_values import FIELDS, normalise
 
-from .helpers import TEST_TIMEOUT, Origin, Spec, make_client
+from .helpers import TEST_TIMEOUT, Origin, Spec, http_scope, make_client, middleware_of
 
 pytestmark = pytest.mark.anyio
 
@@ -457,3 +470,623 @@ async def test_cookies_and_unknown_fields_are_compared_exactly(cache: RedisCache
         ]
     assert cookies == ["fwd=uri-miss", "fwd=vary-miss", "fwd=vary-miss", "hit"]
     assert tenants == ["fwd=uri-miss", "fwd=vary-miss", "hit"]
+
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+# -- stale on error and ranges ----------------------------------------------------------
+#
+# RFC 9111 4.2.4: a stale entry stands in for an app that fails, within the operator's
+# ``stale_on_error_grace`` past freshness, unless its response forbade stale use (no-cache,
+# must-revalidate, proxy-revalidate, s-maxage: 5.2.2.2, 5.2.2.4, 5.2.2.8, 5.2.2.10).
+# RFC 9110 14, 13.1.5: one byte range of a stored 200 is answered 206 from the cache.
+
+#: The clock the pure cases run at.
+NOW = 1_700_000_000.0
+
+
+def sie_entry(headers: RawHeaders, *, fresh_for: float = 10.0, sie: float = 0.0) -> CachedEntry:
+    """A stored 200, stored at ``NOW``, with the given headers and windows."""
+    return CachedEntry(
+        status=200,
+        headers=headers,
+        body=b"x",
+        stored_at=NOW,
+        fresh_for=fresh_for,
+        stale_for=60.0,
+        stale_if_error=sie,
+    )
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "forbidden"),
+    [
+        pytest.param(b"max-age=10", False, id="max-age"),
+        pytest.param(b"public, max-age=10, stale-if-error=5", False, id="public"),
+        pytest.param(b"max-age=10, must-revalidate", True, id="must-revalidate"),
+        pytest.param(b"max-age=10, proxy-revalidate", True, id="proxy-revalidate"),
+        pytest.param(b"s-maxage=10", True, id="s-maxage"),
+        pytest.param(b"max-age=10, no-cache", True, id="no-cache"),
+        pytest.param(b'no-cache="set-cookie", max-age=10', True, id="no-cache-qualified"),
+        pytest.param(b"MAX-AGE=10, Must-Revalidate", True, id="case-insensitive"),
+    ],
+)
+def test_forbids_stale(cache_control: bytes, forbidden: bool) -> None:
+    assert forbids_stale([(b"cache-control", cache_control)]) is forbidden
+
+
+def test_forbids_stale_reads_every_cache_control_line() -> None:
+    headers = [(b"cache-control", b"max-age=10"), (b"cache-control", b"must-revalidate")]
+    assert forbids_stale(headers) is True
+    assert forbids_stale([(b"content-type", b"text/plain")]) is False
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "sie", "age", "grace", "detail"),
+    [
+        # Within stale-if-error: that window answers, whatever the grace.
+        pytest.param(b"max-age=10", 30.0, 20.0, 0.0, "stale-if-error", id="sie"),
+        pytest.param(b"max-age=10", 30.0, 20.0, 100.0, "stale-if-error", id="sie-first"),
+        # Beyond stale-if-error (or without it), within the grace.
+        pytest.param(b"max-age=10", 30.0, 50.0, 100.0, "stale-on-error", id="past-sie"),
+        pytest.param(b"max-age=10", 0.0, 50.0, 100.0, "stale-on-error", id="grace"),
+        pytest.param(b"max-age=10", 0.0, 10.0, 100.0, "stale-on-error", id="just-stale"),
+        # The grace is a bound: past freshness + grace, nothing.
+        pytest.param(b"max-age=10", 0.0, 110.0, 100.0, None, id="past-grace"),
+        pytest.param(b"max-age=10", 0.0, 50.0, 0.0, None, id="no-grace"),
+        # The response forbade stale use: the grace does not apply.
+        pytest.param(b"max-age=10, must-revalidate", 0.0, 50.0, 100.0, None, id="must-reval"),
+        pytest.param(b"max-age=10, proxy-revalidate", 0.0, 50.0, 100.0, None, id="proxy-reval"),
+        pytest.param(b"s-maxage=10", 0.0, 50.0, 100.0, None, id="s-maxage"),
+        pytest.param(b"max-age=10, no-cache", 0.0, 50.0, 100.0, None, id="no-cache"),
+    ],
+)
+def test_stand_in_detail(
+    cache_control: bytes, sie: float, age: float, grace: float, detail: str | None
+) -> None:
+    entry = sie_entry([(b"cache-control", cache_control)], sie=sie)
+    assert stand_in_detail(entry, NOW + age, grace) == detail
+
+
+@pytest.mark.parametrize(
+    ("sie", "grace", "age", "candidate"),
+    [
+        pytest.param(30.0, 0.0, 20.0, True, id="sie"),
+        pytest.param(0.0, 100.0, 50.0, True, id="grace"),
+        pytest.param(30.0, 100.0, 120.0, False, id="past-both"),
+        pytest.param(0.0, 0.0, 20.0, False, id="neither"),
+    ],
+)
+def test_stand_ins_offer_a_fallback_within_the_longer_window(
+    sie: float, grace: float, age: float, candidate: bool
+) -> None:
+    entry = sie_entry([(b"cache-control", b"max-age=10")], sie=sie)
+    request = CacheRequest(http_scope("/p"), CacheConfig())
+    fallback, _ = stand_ins(entry, request, NOW + age, grace)
+    assert (fallback is entry) is candidate
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "grace", "stale_for"),
+    [
+        pytest.param(b"max-age=60", 0.0, 0.0, id="no-grace"),
+        pytest.param(b"max-age=60", 300.0, 300.0, id="grace"),
+        pytest.param(b"max-age=60, stale-if-error=600", 300.0, 600.0, id="longer-sie"),
+        pytest.param(b"max-age=60, stale-while-revalidate=30", 300.0, 300.0, id="swr"),
+        pytest.param(b"max-age=60, must-revalidate", 300.0, 0.0, id="must-revalidate"),
+        pytest.param(b"max-age=60, proxy-revalidate", 300.0, 0.0, id="proxy-revalidate"),
+        pytest.param(b"s-maxage=60", 300.0, 0.0, id="s-maxage"),
+    ],
+)
+def test_decide_store_keeps_entries_for_the_grace(
+    cache_control: bytes, grace: float, stale_for: float
+) -> None:
+    decision = decide_store(
+        200,
+        [(b"cache-control", cache_control)],
+        now=NOW,
+        default_ttl=None,
+        cacheable_statuses=HEURISTIC_STATUSES,
+        stale_on_error_grace=grace,
+    )
+    assert decision.store
+    assert decision.stale_for == stale_for
+    assert decision.ttl == 60.0 + stale_for
+    # The grace is no stale-if-error window: that one stays what the response says.
+    assert decision.stale_if_error == (600.0 if b"stale-if-error" in cache_control else 0.0)
+
+
+def test_decide_store_no_cache_is_not_kept_for_the_grace() -> None:
+    decision = decide_store(
+        200,
+        [(b"cache-control", b"max-age=60, no-cache")],
+        now=NOW,
+        default_ttl=None,
+        cacheable_statuses=HEURISTIC_STATUSES,
+        stale_on_error_grace=300.0,
+    )
+    assert decision.reason == "no-cache" and decision.stale_for == 60.0
+
+
+@pytest.mark.parametrize("value", [-1, float("inf"), float("nan"), "60", True, None])
+def test_stale_on_error_grace_is_validated(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"^stale_on_error_grace"):
+        CacheConfig(stale_on_error_grace=value)  # type: ignore[arg-type]
+    assert CacheConfig(stale_on_error_grace=30).stale_on_error_grace == 30
+
+
+def advance_clock(client: httpx.AsyncClient, seconds: float) -> None:
+    """Move the middleware's clock on (ages only: Redis keeps its own time)."""
+    context = middleware_of(client).context
+    now = context.clock()
+    context.clock = lambda: now + seconds
+
+
+FAILURES = [
+    pytest.param(Spec(raises=True), "", id="raise"),
+    *(
+        pytest.param(Spec(status=status, body=b"down"), f"fwd-status={status}; ", id=str(status))
+        for status in (500, 502, 503, 504)
+    ),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("failure", "fwd_status"), FAILURES)
+async def test_grace_serves_stale_when_the_app_fails(
+    cache: RedisCache, failure: Spec, fwd_status: str
+) -> None:
+    # No stale-if-error and no validator: without the grace the entry would be gone from
+    # Redis a second after it was stored, and the failure would reach the client.
+    origin = Origin(specs={"/p": Spec(headers=[("cache-control", "max-age=1")], body=b"v1")})
+    async with make_client(cache, origin, stale_on_error_grace=60) as client:
+        await client.get("/p")
+        (stored,) = await cache.inspect_url("http://testserver/p")
+        assert stored.ttl_left is not None and stored.ttl_left > 50
+        advance_clock(client, 30)
+        origin.specs["/p"] = failure
+        r = await client.get("/p")
+    assert r.status_code == 200 and r.content == b"v1"
+    assert r.headers["cache-status"] == (
+        f"redis-cache; hit; fwd=stale; {fwd_status}detail=stale-on-error"
+    )
+    assert r.headers["age"] == "30"
+    assert origin.calls["/p"] == 2
+
+
+@pytest.mark.anyio
+async def test_grace_entry_outlives_its_freshness_in_redis(cache: RedisCache) -> None:
+    import asyncio
+
+    origin = Origin(specs={"/p": Spec(headers=[("cache-control", "max-age=1")], body=b"v1")})
+    async with make_client(cache, origin, stale_on_error_grace=60) as client:
+        await client.get("/p")
+        await asyncio.sleep(1.2)
+        origin.specs["/p"] = Spec(status=503, body=b"down")
+        r = await client.get("/p")
+    assert r.status_code == 200 and r.content == b"v1"
+    assert r.headers["cache-status"].endswith("; fwd-status=503; detail=stale-on-error")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "cache_control",
+    [
+        "max-age=1, must-revalidate",
+        "max-age=1, proxy-revalidate",
+        "s-maxage=1",
+        "max-age=1, no-cache",
+    ],
+)
+@pytest.mark.parametrize("failure", [Spec(raises=True), Spec(status=503, body=b"down")])
+async def test_grace_never_serves_what_the_response_forbids_stale(
+    cache: RedisCache, cache_control: str, failure: Spec
+) -> None:
+    # The ETag keeps the entry in Redis past freshness (keep_for_revalidation): it is found
+    # stale, and only its stored Cache-Control stops it from standing in.
+    headers = [("cache-control", cache_control), ("etag", '"v1"')]
+    origin = Origin(specs={"/p": Spec(headers=headers, body=b"v1")})
+    async with make_client(cache, origin, stale_on_error_grace=60) as client:
+        await client.get("/p")
+        advance_clock(client, 5)
+        origin.specs["/p"] = failure
+        if failure.raises:
+            with pytest.raises(RuntimeError):
+                await client.get("/p")
+        else:
+            r = await client.get("/p")
+            assert r.status_code == 503 and r.content == b"down"
+            assert "stale-on-error" not in r.headers["cache-status"]
+        assert len(await cache.inspect_url("http://testserver/p")) == 1
+    assert origin.calls["/p"] == 2
+
+
+@pytest.mark.anyio
+async def test_grace_is_bounded_and_follows_stale_if_error(cache: RedisCache) -> None:
+    headers = [("cache-control", "max-age=1, stale-if-error=10"), ("etag", '"v1"')]
+    origin = Origin(specs={"/p": Spec(headers=headers, body=b"v1")})
+    async with make_client(
+        cache, origin, stale_on_error_grace=30, keep_for_revalidation=300
+    ) as client:
+        await client.get("/p")
+        origin.specs["/p"] = Spec(status=503, body=b"down")
+        advance_clock(client, 5)  # within stale-if-error
+        sie = await client.get("/p")
+        advance_clock(client, 20)  # past stale-if-error, within the grace
+        grace = await client.get("/p")
+        advance_clock(client, 40)  # past the grace (the entry is still in Redis)
+        past = await client.get("/p")
+    assert sie.content == b"v1" and sie.headers["cache-status"].endswith("stale-if-error")
+    assert grace.content == b"v1" and grace.headers["cache-status"].endswith("stale-on-error")
+    assert past.status_code == 503 and past.content == b"down"
+
+
+@pytest.mark.anyio
+async def test_no_grace_by_default(cache: RedisCache) -> None:
+    headers = [("cache-control", "max-age=1"), ("etag", '"v1"')]
+    origin = Origin(specs={"/p": Spec(headers=headers, body=b"v1")})
+    async with make_client(cache, origin) as client:
+        await client.get("/p")
+        advance_clock(client, 5)
+        origin.specs["/p"] = Spec(status=503, body=b"down")
+        r = await client.get("/p")
+    assert r.status_code == 503
+
+
+# Ranges: the pure parts (RFC 9110 14.1.1, 14.1.2, 13.1.5).
+
+
+@pytest.mark.parametrize(
+    ("value", "specs"),
+    [
+        (b"bytes=0-99", [(0, 99)]),
+        (b"bytes=100-", [(100, None)]),
+        (b"bytes=-50", [(None, 50)]),
+        (b"bytes=0-0", [(0, 0)]),
+        (b"bytes=-0", [(None, 0)]),
+        (b"BYTES=1-2", [(1, 2)]),  # range units are case-insensitive
+        (b" bytes=1-2 ", [(1, 2)]),
+        (b"bytes=1-2, 5-6", [(1, 2), (5, 6)]),
+        (b"bytes=1-2,,", [(1, 2)]),  # empty list elements are skipped (RFC 9110 5.6.1)
+        (b"bytes=0-" + b"9" * 40, [(0, HUGE)]),
+        (b"bytes=" + b"9" * 40 + b"-", [(HUGE, None)]),
+        # Ignored (None): another unit, or an invalid ranges-specifier.
+        (b"items=0-1", None),
+        (b"bytes 0-1", None),
+        (b"bytes=", None),
+        (b"bytes=,", None),
+        (b"bytes=5-1", None),  # last before first
+        (b"bytes=1-2,5-1", None),  # one invalid spec spoils the set
+        (b"bytes=a-b", None),
+        (b"bytes=1", None),
+        (b"bytes=--1", None),
+        (b"bytes=1 - 2", None),
+        (b"bytes=+1-2", None),
+        (b"bytes=\xd9\xa1-2", None),  # a non-ASCII digit
+        (b"bytes = 0-1", None),
+        (b"", None),
+    ],
+)
+def test_parse_range(value: bytes, specs: list[tuple[int | None, int | None]] | None) -> None:
+    assert parse_range(value) == specs
+
+
+@pytest.mark.parametrize(
+    ("spec", "length", "answer"),
+    [
+        ((0, 99), 100, Part(0, 99)),
+        ((0, 9), 100, Part(0, 9)),
+        ((95, 200), 100, Part(95, 99)),  # a last past the end means the end
+        ((90, None), 100, Part(90, 99)),
+        ((99, None), 100, Part(99, 99)),
+        ((None, 50), 100, Part(50, 99)),
+        ((None, 500), 100, Part(0, 99)),  # a suffix longer than all of it: all of it
+        ((0, HUGE), 100, Part(0, 99)),
+        ((100, None), 100, Whole.UNSATISFIABLE),  # starts at the end
+        ((100, 200), 100, Whole.UNSATISFIABLE),
+        ((HUGE, None), 100, Whole.UNSATISFIABLE),
+        ((None, 0), 100, Whole.UNSATISFIABLE),  # a suffix of no byte
+        ((0, None), 0, Whole.UNSATISFIABLE),
+        ((None, 5), 0, Whole.FULL),  # satisfiable, but no byte a 206 could name
+    ],
+)
+def test_satisfy(spec: tuple[int | None, int | None], length: int, answer: Part | Whole) -> None:
+    assert satisfy(spec, length) == answer
+
+
+def test_part_headers() -> None:
+    assert Part(0, 9).length == 10
+    assert Part(90, 99).content_range(100) == b"bytes 90-99/100"
+
+
+LAST_MODIFIED = b"Tue, 15 Nov 1994 12:45:26 GMT"
+ONE_SECOND_LATER = b"Tue, 15 Nov 1994 12:45:27 GMT"
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "holds"),
+    [
+        # Entity-tags: strong comparison (RFC 9110 8.8.3.2).
+        (b'"v1"', [(b"etag", b'"v1"')], True),
+        (b' "v1" ', [(b"etag", b'"v1"')], True),
+        (b'"v2"', [(b"etag", b'"v1"')], False),
+        (b'W/"v1"', [(b"etag", b'"v1"')], False),
+        (b'W/"v1"', [(b"etag", b'W/"v1"')], False),
+        (b'"v1"', [(b"etag", b'W/"v1"')], False),
+        (b'"v1"', [], False),
+        (b'"v1"', [(b"etag", b"v1")], False),  # an unquoted stored ETag is no entity-tag
+        # HTTP-dates: exactly Last-Modified, and only when it is a strong validator.
+        (LAST_MODIFIED, [(b"last-modified", LAST_MODIFIED)], True),  # stored long after it
+        (LAST_MODIFIED, [(b"last-modified", LAST_MODIFIED), (b"date", ONE_SECOND_LATER)], True),
+        (LAST_MODIFIED, [(b"last-modified", LAST_MODIFIED), (b"date", LAST_MODIFIED)], False),
+        (ONE_SECOND_LATER, [(b"last-modified", LAST_MODIFIED)], False),
+        (b"Tuesday, 15-Nov-94 12:45:26 GMT", [(b"last-modified", LAST_MODIFIED)], False),
+        (LAST_MODIFIED, [(b"etag", b'"v1"')], False),
+        (b"junk", [(b"last-modified", b"junk")], False),
+        (b"", [(b"last-modified", LAST_MODIFIED)], False),
+    ],
+)
+def test_if_range_holds(value: bytes, headers: RawHeaders, holds: bool) -> None:
+    assert if_range_holds(value, headers, NOW) is holds
+
+
+def test_if_range_date_needs_a_second_after_last_modified_when_there_is_no_date() -> None:
+    modified = 784903526.0  # LAST_MODIFIED
+    headers = [(b"last-modified", LAST_MODIFIED)]
+    assert if_range_holds(LAST_MODIFIED, headers, modified + 1) is True
+    assert if_range_holds(LAST_MODIFIED, headers, modified + 0.5) is False
+
+
+@pytest.mark.parametrize(
+    ("range_value", "if_range", "answer"),
+    [
+        (b"bytes=0-9", [], Part(0, 9)),
+        (b"bytes=0-9", [b'"v1"'], Part(0, 9)),
+        (b"bytes=0-9", [b'"v2"'], Whole.FULL),
+        (b"bytes=0-9", [b'"v1"', b'"v1"'], Whole.FULL),  # two If-Range lines are not one
+        (b"bytes=200-", [], Whole.UNSATISFIABLE),
+        (b"bytes=200-", [b'"v2"'], Whole.FULL),  # If-Range first: then the whole
+        (b"bytes=0-1,5-6", [], Whole.FULL),  # several ranges: the whole
+        (b"bytes=200-,300-", [], Whole.FULL),
+        (b"bytes=x", [], Whole.FULL),
+        (b"", [], Whole.FULL),
+    ],
+)
+def test_select(range_value: bytes, if_range: list[bytes], answer: Part | Whole) -> None:
+    assert select(range_value, if_range, [(b"etag", b'"v1"')], NOW, 100) == answer
+
+
+def test_request_reads_range_once_and_two_lines_as_none_valid() -> None:
+    scope = http_scope("/p")
+    assert CacheRequest(scope, CacheConfig()).range is None
+    scope["headers"] = [*scope["headers"], (b"range", b"bytes=0-1")]
+    assert CacheRequest(scope, CacheConfig()).range == b"bytes=0-1"
+    scope["headers"] = [*scope["headers"], (b"range", b"bytes=2-3")]
+    assert CacheRequest(scope, CacheConfig()).range == b""
+
+
+# Ranges through the middleware: a stored 200 answers them.
+
+BODY = bytes(range(100))
+STORED = [
+    ("cache-control", "max-age=60"),
+    ("etag", '"v1"'),
+    ("last-modified", LAST_MODIFIED.decode()),
+    ("content-type", "application/octet-stream"),
+]
+
+
+async def fill(client: httpx.AsyncClient) -> None:
+    """Store the origin's ``/p`` (a miss, answered whole)."""
+    first = await client.get("/p")
+    assert first.status_code == 200 and first.content == BODY
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("range_value", "part"),
+    [
+        ("bytes=0-9", (0, 9)),
+        ("bytes=90-", (90, 99)),
+        ("bytes=-5", (95, 99)),
+        ("bytes=95-1000", (95, 99)),
+        ("bytes=0-", (0, 99)),
+        ("bytes=-1000", (0, 99)),
+        ("bytes=42-42", (42, 42)),
+        ("bytes=3-4,", (3, 4)),
+    ],
+)
+async def test_range_hit_is_a_206_from_the_cache(
+    cache: RedisCache, range_value: str, part: tuple[int, int]
+) -> None:
+    origin = Origin(specs={"/p": Spec(headers=STORED, body=BODY)})
+    async with make_client(cache, origin) as client:
+        await fill(client)
+        r = await client.get("/p", headers={"range": range_value})
+    first, last = part
+    assert r.status_code == 206
+    assert r.content == BODY[first : last + 1]
+    assert r.headers["content-range"] == f"bytes {first}-{last}/100"
+    assert r.headers["content-length"] == str(last - first + 1)
+    assert r.headers.get_list("content-length") == [str(last - first + 1)]
+    # The 200's other headers come along (RFC 9110 15.3.7), and so do Age and Cache-Status.
+    assert r.headers["etag"] == '"v1"' and r.headers["cache-control"] == "max-age=60"
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["cache-status"].startswith("redis-cache; hit; ttl=")
+    assert "age" in r.headers
+    assert origin.calls["/p"] == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("range_value", ["bytes=100-", "bytes=500-600", "bytes=-0"])
+async def test_unsatisfiable_range_is_a_416(cache: RedisCache, range_value: str) -> None:
+    origin = Origin(specs={"/p": Spec(headers=STORED, body=BODY)})
+    async with make_client(cache, origin) as client:
+        await fill(client)
+        r = await client.get("/p", headers={"range": range_value})
+    assert r.status_code == 416
+    assert r.headers["content-range"] == "bytes */100"
+    assert r.headers["content-length"] == "0" and r.content == b""
+    assert r.headers["cache-status"].startswith("redis-cache; hit; ")
+    assert origin.calls["/p"] == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"range": "bytes=5-1"}, id="last-before-first"),
+        pytest.param({"range": "bytes=abc"}, id="junk"),
+        pytest.param({"range": "bytes 0-9"}, id="no-equals"),
+        pytest.param({"range": "items=0-9"}, id="other-unit"),
+        pytest.param({"range": "bytes=0-9,20-29"}, id="several-ranges"),
+        pytest.param({"range": "bytes=0-9", "if-range": '"v2"'}, id="if-range-other-etag"),
+        pytest.param({"range": "bytes=0-9", "if-range": 'W/"v1"'}, id="if-range-weak"),
+        pytest.param(
+            {"range": "bytes=0-9", "if-range": "Tue, 15 Nov 1994 12:45:27 GMT"},
+            id="if-range-other-date",
+        ),
+        pytest.param({"range": "bytes=200-", "if-range": '"v2"'}, id="if-range-before-416"),
+    ],
+)
+async def test_ignored_range_is_the_whole_200(cache: RedisCache, headers: dict[str, str]) -> None:
+    origin = Origin(specs={"/p": Spec(headers=STORED, body=BODY)})
+    async with make_client(cache, origin) as client:
+        await fill(client)
+        r = await client.get("/p", headers=headers)
+    assert r.status_code == 200 and r.content == BODY
+    assert "content-range" not in r.headers
+    assert r.headers["content-length"] == "100"
+    assert r.headers["cache-status"].startswith("redis-cache; hit; ")
+    assert origin.calls["/p"] == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "if_range",
+    [pytest.param('"v1"', id="etag"), pytest.param(LAST_MODIFIED.decode(), id="last-modified")],
+)
+async def test_if_range_that_holds_gives_the_part(cache: RedisCache, if_range: str) -> None:
+    origin = Origin(specs={"/p": Spec(headers=STORED, body=BODY)})
+    async with make_client(cache, origin) as client:
+        await fill(client)
+        r = await client.get("/p", headers={"range": "bytes=10-19", "if-range": if_range})
+    assert r.status_code == 206 and r.content == BODY[10:20]
+    assert r.headers["content-range"] == "bytes 10-19/100"
+    assert origin.calls["/p"] == 1
+
+
+@pytest.mark.anyio
+async def test_if_range_date_is_not_strong_when_date_equals_last_modified(
+    cache: RedisCache,
+) -> None:
+    headers = [*STORED, ("date", LAST_MODIFIED.decode())]
+    origin = Origin(specs={"/p": Spec(headers=headers, body=BODY)})
+    async with make_client(cache, origin) as client:
+        await fill(client)
+        by_date = await client.get(
+            "/p", headers={"range": "bytes=10-19", "if-range": LAST_MODIFIED.decode()}
+        )
+        by_etag = await client.get("/p", headers={"range": "bytes=10-19", "if-range": '"v1"'})
+    assert by_date.status_code == 200 and by_date.content == BODY
+    assert by_etag.status_code == 206
+
+
+@pytest.mark.anyio
+async def test_head_ignores_range(cache: RedisCache) -> None:
+    origin = Origin(specs={"/p": Spec(headers=STORED, body=BODY)})
+    async with make_client(cache, origin) as client:
+        await fill(client)
+        r = await client.head("/p", headers={"range": "bytes=0-9"})
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers["content-length"] == "100" and "content-range" not in r.headers
+    assert r.headers["cache-status"].startswith("redis-cache; hit; ")
+
+
+@pytest.mark.anyio
+async def test_conditional_request_matching_is_a_304_before_its_range(cache: RedisCache) -> None:
+    origin = Origin(specs={"/p": Spec(headers=STORED, body=BODY)})
+    async with make_client(cache, origin) as client:
+        await fill(client)
+        matching = await client.get("/p", headers={"range": "bytes=0-9", "if-none-match": '"v1"'})
+        other = await client.get("/p", headers={"range": "bytes=0-9", "if-none-match": '"v0"'})
+    assert matching.status_code == 304 and "content-range" not in matching.headers
+    assert other.status_code == 206 and other.content == BODY[:10]
+
+
+@pytest.mark.anyio
+async def test_range_of_a_stored_status_other_than_200_is_ignored(cache: RedisCache) -> None:
+    origin = Origin(specs={"/p": Spec(status=404, headers=STORED, body=BODY)})
+    async with make_client(cache, origin) as client:
+        await client.get("/p")
+        r = await client.get("/p", headers={"range": "bytes=0-9"})
+    assert r.status_code == 404 and r.content == BODY
+    assert r.headers["cache-status"].startswith("redis-cache; hit; ")
+
+
+@pytest.mark.anyio
+async def test_range_of_a_stale_stand_in_is_the_whole_200(cache: RedisCache) -> None:
+    origin = Origin(specs={"/p": Spec(headers=STORED, body=BODY)})
+    async with make_client(cache, origin, stale_on_error_grace=600) as client:
+        await fill(client)
+        advance_clock(client, 120)
+        origin.specs["/p"] = Spec(status=503, body=b"down")
+        r = await client.get("/p", headers={"range": "bytes=0-9"})
+    assert r.status_code == 200 and r.content == BODY
+    assert r.headers["cache-status"].endswith("detail=stale-on-error")
+
+
+PARTIAL = [("cache-control", "max-age=60"), ("content-range", "bytes 0-9/100")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(Spec(status=206, headers=PARTIAL, body=BODY[:10]), id="206"),
+        pytest.param(
+            Spec(status=416, headers=[("content-range", "bytes */100")], body=b""), id="416"
+        ),
+    ],
+)
+async def test_range_miss_goes_to_the_app_and_its_answer_is_refused_for_the_request(
+    cache: RedisCache, answer: Spec
+) -> None:
+    # The app's answer to a Range is that request's own: not stored, and no sign that the
+    # URL's full responses cannot be (hit-for-pass stays off, coalescing on).
+    origin = Origin(specs={"/p": answer})
+    async with make_client(cache, origin) as client:
+        locks = middleware_of(client).context.locks
+        release = locks.release
+        refused: list[bool] = []
+
+        async def spy(*args: Any, **kwargs: Any) -> Any:
+            refused.append(bool(kwargs.get("refused", False)))
+            return await release(*args, **kwargs)
+
+        locks.release = spy  # type: ignore[method-assign]
+        r = await client.get("/p", headers={"range": "bytes=0-9"})
+        origin.specs["/p"] = Spec(headers=STORED, body=BODY)
+        full = await client.get("/p")
+    assert r.status_code == answer.status
+    assert r.headers["cache-status"].endswith(f"fwd-status={answer.status}; detail=partial")
+    assert refused == [False]
+    assert full.status_code == 200 and "fwd=uri-miss" in full.headers["cache-status"]
+    assert origin.calls["/p"] == 2
+    assert cache.stats.not_stored["partial"] == 1
+
+
+@pytest.mark.anyio
+async def test_range_answer_to_a_revalidation_leaves_the_stale_entry(cache: RedisCache) -> None:
+    # A stale entry is revalidated with the Range request; the app answers its range. That
+    # part says nothing of the stored 200 (RFC 9111 4.3.3 is about full answers): it stays.
+    headers = [("cache-control", "max-age=1"), ("etag", '"v1"')]
+    origin = Origin(specs={"/p": Spec(headers=headers, body=BODY)})
+    async with make_client(cache, origin) as client:
+        await fill(client)
+        advance_clock(client, 5)
+        origin.specs["/p"] = Spec(status=206, headers=PARTIAL, body=BODY[:10])
+        r = await client.get("/p", headers={"range": "bytes=0-9"})
+        assert r.status_code == 206 and "fwd=stale" in r.headers["cache-status"]
+        (kept,) = await cache.inspect_url("http://testserver/p")
+    assert kept.status == 200 and kept.size >= 100

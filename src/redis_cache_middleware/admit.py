@@ -122,6 +122,7 @@ class Request:
         "path",
         "pragma",
         "private",
+        "range",
         "route",
         "scheme",
         "scope",
@@ -152,6 +153,9 @@ class Request:
         #: The operator's ``credential_headers`` this request carries (lowercase names).
         self.credentials: tuple[str, ...] = ()
         self.bypass_value: bytes | None = None
+        #: The ``Range`` header, read only when a hit answers it (``respond.replay_range``);
+        #: b"" for several lines, which make no valid Range.
+        self.range: bytes | None = None
         #: The URL's hash (``RedisCache.url_hash``): the key's stem.
         self.uhash: str = ""
         #: Whether this request logs its decisions: one level check per request, so that a
@@ -183,6 +187,8 @@ class Request:
                 self.bypass_value = value
             elif key in credential_headers:
                 self.credentials += (key.decode("latin-1"),)
+            elif key == b"range":
+                self.range = value if self.range is None else b""
         # Several Host lines (RFC 9112 3.2 says to refuse them; not every server does) are
         # keyed all together, a host no one-Host request has: whichever one the app reads,
         # its answer can never be served to a request naming a single host.

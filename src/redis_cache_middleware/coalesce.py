@@ -125,7 +125,9 @@ class Miss:
         """The forward of this miss, with what the stale entry found may do for it."""
         fallback = revalidate = None
         if self.stale is not None:
-            fallback, revalidate = stand_ins(self.stale, self.request, self.ctx.clock())
+            fallback, revalidate = stand_ins(
+                self.stale, self.request, self.ctx.clock(), self.ctx.config.stale_on_error_grace
+            )
         return Forward(
             self.ctx,
             self.request,

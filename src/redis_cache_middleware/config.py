@@ -131,6 +131,7 @@ class CacheConfig:
     purge_path: str = DEFAULT_PURGE_PATH
     stale_while_revalidate: float = 0.0
     stale_if_error: float = 0.0
+    stale_on_error_grace: float = 0.0
     keep_for_revalidation: float = DEFAULT_KEEP_FOR_REVALIDATION
     add_etag: bool = False
     coalesce: bool = True
@@ -256,6 +257,7 @@ class CacheConfig:
         for option in (
             "stale_while_revalidate",
             "stale_if_error",
+            "stale_on_error_grace",
             "hit_for_pass_ttl",
             "shutdown_timeout",
         ):

@@ -22,7 +22,7 @@ from .config import MAX_TAGS
 from .context import Context
 from .entry import CachedEntry
 from .respond import discard, forward_status, replay, stale_if_error_status
-from .revalidate import with_validators
+from .revalidate import stand_in_detail, with_validators
 from .stats import logger
 
 
@@ -50,7 +50,7 @@ class Forward:
     truthfully in ``Cache-Status`` whether it was stored.
 
     ``found`` is what the request's lookup found (its generation, Vary names and entry);
-    ``fallback`` a stale entry that may stand in for an error (stale-if-error);
+    ``fallback`` a stale entry that may stand in for an error (``revalidate.stand_in_detail``);
     ``revalidate`` a stale entry whose validators are sent to the app, so that a 304 refreshes
     it without its body; ``fill`` the fill lock this request owns, kept alive while the app
     runs (``LockRenewal``) and released (or deleted by the store) at the end.
@@ -92,6 +92,8 @@ class Forward:
         #: The app's answer is replaced by the cache's: an error by the stale fallback
         #: (``swallow``), a 304 to our validators by the revalidated entry (``not_modified``).
         self.swallow = False
+        #: Why the fallback answers (``revalidate.stand_in_detail``), once the app failed.
+        self.stand_in: str | None = None
         self.not_modified = False
         self.status = 0
         self.headers: RawHeaders = []
@@ -126,7 +128,7 @@ class Forward:
             try:
                 await self._call_app(scope, receive)
             except Exception:
-                if self.fallback is None or self.started_client:
+                if self.fallback is None or self.started_client or not self._stand_in():
                     raise
                 await self._serve_fallback("error")
                 return self.outcome
@@ -217,8 +219,8 @@ class Forward:
             # The tag headers are for the cache: the client does not see them.
             self.headers = [(k, v) for k, v in self.headers if k not in storing.TAG_HEADERS]
             message["headers"] = list(self.headers)
-        if self.fallback is not None and self.status in policy.ERROR_STATUSES:
-            # stale-if-error: the stale entry answers instead of this error.
+        if self.fallback is not None and self.status in policy.ERROR_STATUSES and self._stand_in():
+            # stale-if-error (or the grace): the stale entry answers instead of this error.
             self.swallow = True
             return
         if self.revalidate is not None and self.status == 304:
@@ -248,6 +250,9 @@ class Forward:
         trailers, a header no server could send again, or a size over ``max_body_size``
         (headers, vary values and tags counted with the body). Sets ``size`` to what the
         entry stores besides its body."""
+        if self.request.range is not None and self.status in (206, 416):
+            # One request's range: no hit-for-pass, no superseding (REQUEST_REFUSALS).
+            decision = policy.refuse("partial")
         if decision.store and message.get("trailers"):
             decision = policy.refuse("trailers")
         if decision.store and not entry_codec.is_sendable(self.headers):
@@ -343,10 +348,17 @@ class Forward:
             self.ctx, self.request, self.found, entry, decision, vary, self.fill
         )
 
+    def _stand_in(self) -> bool:
+        """Whether the fallback may answer for the app's failure now (why: ``stand_in``)."""
+        assert self.fallback is not None
+        grace = self.ctx.config.stale_on_error_grace
+        self.stand_in = stand_in_detail(self.fallback, self.ctx.clock(), grace)
+        return self.stand_in is not None
+
     async def _serve_fallback(self, why: str) -> None:
         entry = self.fallback
-        assert entry is not None
-        status = stale_if_error_status(self.ctx.config.cache_name, why)
+        assert entry is not None and self.stand_in is not None
+        status = stale_if_error_status(self.ctx.config.cache_name, why, self.stand_in)
         await replay(entry, entry.age(self.ctx.clock()), self.request, status, self.send)
 
     async def _serve_revalidated(self) -> bool:

@@ -52,7 +52,7 @@ from .invalidate import Invalidate, invalidates
 from .lookups import Lookups, usable
 from .purge import PurgeEndpoint, is_purge_request
 from .refresh import Refresher
-from .respond import hit_status, refuse_only_if_cached, replay
+from .respond import hit_status, refuse_only_if_cached, replay, replay_range
 from .stats import logger
 
 
@@ -84,6 +84,7 @@ class CacheMiddleware:
         purge_path: str = DEFAULT_PURGE_PATH,
         stale_while_revalidate: float = 0.0,
         stale_if_error: float = 0.0,
+        stale_on_error_grace: float = 0.0,
         keep_for_revalidation: float = DEFAULT_KEEP_FOR_REVALIDATION,
         add_etag: bool = False,
         coalesce: bool = True,
@@ -122,6 +123,7 @@ class CacheMiddleware:
             purge_path=purge_path,
             stale_while_revalidate=stale_while_revalidate,
             stale_if_error=stale_if_error,
+            stale_on_error_grace=stale_on_error_grace,
             keep_for_revalidation=keep_for_revalidation,
             add_etag=add_etag,
             coalesce=coalesce,
@@ -191,7 +193,10 @@ class CacheMiddleware:
             verdict = usable(request, found, entry, age)
             if verdict.usable:
                 status = self._hit(request, found, entry, age, verdict.stale)
-                await replay(entry, age, request, status, send)
+                if request.range is None:
+                    await replay(entry, age, request, status, send)
+                else:
+                    await replay_range(entry, age, request, status, send)
                 self.cache.stats.hit_seconds += time.perf_counter() - started
                 return
             if verdict.reason in policy.REQUEST_REFUSALS:

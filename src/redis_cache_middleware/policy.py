@@ -136,13 +136,15 @@ def decide_store(
     stale_if_error: float = 0.0,
     keep_for_revalidation: float = 0.0,
     error_ttl: float | None = None,
+    stale_on_error_grace: float = 0.0,
 ) -> StoreDecision:
     """Return whether a response to a GET may be stored in a shared cache, and for how long.
 
     ``request_has_cookie`` and ``request_credentials`` (the names of the operator's
     credential headers the request carried) make the request a private one: its response is
     stored only where it says it may be shared (``private_request_refusal``). ``error_ttl``
-    caps ``default_ttl`` for statuses other than 2xx and 3xx.
+    caps ``default_ttl`` for statuses other than 2xx and 3xx. ``stale_on_error_grace`` keeps
+    a response that may be served stale that long past freshness, for the app's failures.
 
     Each guard below refuses one thing; the first that applies names the reason.
     """
@@ -218,14 +220,15 @@ def decide_store(
         if default_ttl is None:
             return refuse("no-ttl")
         lifetime = float(default_ttl)
-    swr_window = sie_window = 0.0
+    swr_window = sie_window = grace_window = 0.0
     if not (cc.must_revalidate or cc.proxy_revalidate or cc.s_maxage is not None):
         # must-revalidate (and s-maxage, RFC 9111 5.2.2.10) forbid serving it stale.
         swr = cc.stale_while_revalidate
         sie = cc.stale_if_error
         swr_window = float(swr if swr is not None else stale_while_revalidate)
         sie_window = float(sie if sie is not None else stale_if_error)
-    stale_for = max(swr_window, sie_window)
+        grace_window = float(stale_on_error_grace)
+    stale_for = max(swr_window, sie_window, grace_window)
     if has_validator:
         # Kept past freshness so that a 304 can refresh it without its body.
         stale_for = max(stale_for, float(keep_for_revalidation))

@@ -101,6 +101,7 @@ def decide(
         stale_if_error=config.stale_if_error,
         keep_for_revalidation=config.keep_for_revalidation,
         error_ttl=config.error_ttl,
+        stale_on_error_grace=config.stale_on_error_grace,
     )
 
 
