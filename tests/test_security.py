@@ -1305,3 +1305,34 @@ async def test_rediss_with_acl_user(tls_server: TLSServer) -> None:
         first, second, _ = await round_trip(cache)
         assert await cache.client.acl_whoami() in (ACL_USER, ACL_USER.encode())
     assert status_of(first).endswith("; stored") and is_hit(second)
+
+
+@pytest.mark.parametrize("private", ["authorization", "cookie"])
+async def test_a_stale_entry_not_shared_with_a_private_request_never_stands_in_for_it(
+    cache: RedisCache, private: str
+) -> None:
+    # The anonymous page may stand in for an error (stale-if-error) or be revalidated for
+    # anonymous requests; for Alice's request (credentials, or a cookie) it is not her page:
+    # when the app fails her, she gets the failure, not everyone's page as if it were hers.
+    failing = False
+
+    def render(request: Request) -> str:
+        if failing:
+            raise RuntimeError("the app is down")
+        return f"hello {user_of(request)}"
+
+    origin = Origin(render=render, headers=[("cache-control", "max-age=1, stale-if-error=60")])
+    alice = (
+        {"authorization": "Bearer alice"} if private == "authorization" else {"cookie": "sid=alice"}
+    )
+    async with client_for(cache, origin) as client:
+        stored = await client.get("/me")
+        await asyncio.sleep(1.1)
+        failing = True
+        anonymous = await client.get("/me")
+        with pytest.raises(RuntimeError):
+            await client.get("/me", headers=alice)
+    assert status_of(stored).endswith("; stored") and stored.text.startswith("hello anonymous")
+    # The stand-in rule itself works: an anonymous request gets the stale page.
+    assert "detail=stale-if-error" in status_of(anonymous) and anonymous.text == stored.text
+    assert origin.calls["/me"] == 3

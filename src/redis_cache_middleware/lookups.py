@@ -81,15 +81,19 @@ class Lookups:
 
 
 def usable(request: Request, found: Lookup, entry: CachedEntry, age: float) -> policy.Usability:
-    """Whether the entry found answers the request, now that it is ``age`` seconds old."""
-    verdict = policy.check_usable(
-        entry.fresh_for, age, request.directives, entry.stale_while_revalidate
-    )
-    if verdict.usable and request.private:
+    """Whether the entry found answers the request, now that it is ``age`` seconds old.
+
+    An entry not shared with a private request (credentials, cookies) is refused for it
+    whatever its age, with a reason of ``policy.REQUEST_REFUSALS``: fresh, it is not served;
+    stale, it neither stands in for the app's failure nor is revalidated for this request.
+    """
+    if request.private:
         why = private_refusal(request, found)
         if why is not None:
             return policy.Usability(usable=False, reason=why)
-    return verdict
+    return policy.check_usable(
+        entry.fresh_for, age, request.directives, entry.stale_while_revalidate
+    )
 
 
 def private_refusal(request: Request, found: Lookup) -> str | None:
