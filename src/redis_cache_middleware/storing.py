@@ -77,6 +77,9 @@ def decide(
         stale_if_error=config.stale_if_error,
         keep_for_revalidation=config.keep_for_revalidation,
         error_ttl=config.error_ttl,
+        targeted=config.targeted_fields,
+        heuristic_fraction=config.heuristic_fraction if config.heuristic_freshness else None,
+        heuristic_max_ttl=config.heuristic_max_ttl,
     )
 
 
