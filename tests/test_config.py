@@ -125,6 +125,26 @@ def names_option(option: str) -> str:
         ),
         pytest.param("error_ttl", -1, id="error_ttl-negative"),
         pytest.param("error_ttl", "10", id="error_ttl-str"),
+        pytest.param("targeted_cache_control", "CDN-Cache-Control", id="targeted-bare-string"),
+        pytest.param("targeted_cache_control", {"CDN-Cache-Control"}, id="targeted-unordered"),
+        pytest.param("targeted_cache_control", None, id="targeted-none"),
+        pytest.param("targeted_cache_control", ["CDN Cache Control"], id="targeted-not-a-name"),
+        pytest.param("targeted_cache_control", [b"cdn-cache-control"], id="targeted-bytes"),
+        pytest.param("targeted_cache_control", ["Cache-Control"], id="targeted-cache-control"),
+        pytest.param(
+            "targeted_cache_control",
+            ["CDN-Cache-Control", "cdn-cache-control"],
+            id="targeted-twice",
+        ),
+        pytest.param("heuristic_freshness", 1, id="heuristic_freshness-int"),
+        pytest.param("heuristic_fraction", 0, id="heuristic_fraction-zero"),
+        pytest.param("heuristic_fraction", 1.5, id="heuristic_fraction-over-one"),
+        pytest.param("heuristic_fraction", math.nan, id="heuristic_fraction-nan"),
+        pytest.param("heuristic_fraction", "0.1", id="heuristic_fraction-str"),
+        pytest.param("heuristic_fraction", True, id="heuristic_fraction-bool"),
+        pytest.param("heuristic_max_ttl", -1, id="heuristic_max_ttl-negative"),
+        pytest.param("heuristic_max_ttl", math.inf, id="heuristic_max_ttl-inf"),
+        pytest.param("heuristic_max_ttl", None, id="heuristic_max_ttl-none"),
     ],
 )
 def test_middleware_bad_option_raises(cache: RedisCache, option: str, value: object) -> None:
@@ -233,6 +253,10 @@ MIDDLEWARE_DEFAULTS: dict[str, object] = {
     "credential_headers": (),
     "error_ttl": 10,
     "invalidate_locations": True,
+    "targeted_cache_control": ("CDN-Cache-Control",),
+    "heuristic_freshness": False,
+    "heuristic_fraction": 0.1,
+    "heuristic_max_ttl": 86400,
 }
 
 
@@ -270,6 +294,12 @@ def test_middleware_defaults_match_readme_options_table() -> None:
     assert {k: ast.literal_eval(v) for k, v in documented.items()} == {
         k: v for k, v in MIDDLEWARE_DEFAULTS.items() if k != "cacheable_statuses"
     }
+
+
+def test_targeted_cache_control_keeps_its_order_lowercased() -> None:
+    config = CacheConfig(targeted_cache_control=["Redis-Cache-Control", "CDN-Cache-Control"])
+    assert config.targeted_fields == (b"redis-cache-control", b"cdn-cache-control")
+    assert CacheConfig(targeted_cache_control=()).targeted_fields == ()
 
 
 @pytest.mark.parametrize("status", [200, 303, 599])

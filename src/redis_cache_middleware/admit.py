@@ -126,6 +126,7 @@ class Request:
         "route",
         "scheme",
         "scope",
+        "targeted",
         "uhash",
     )
 
@@ -152,6 +153,8 @@ class Request:
         self.cookie_filter = config.cookie_filter
         #: The operator's ``credential_headers`` this request carries (lowercase names).
         self.credentials: tuple[str, ...] = ()
+        #: The targeted cache-control fields a stored response's directives are read with.
+        self.targeted = config.targeted_fields
         self.bypass_value: bytes | None = None
         #: The ``Range`` header, read only when a hit answers it (``respond.replay_range``);
         #: b"" for several lines, which make no valid Range.
@@ -178,7 +181,9 @@ class Request:
             elif key == b"if-none-match":
                 self.if_none_match.append(value)
             elif key == b"if-modified-since":
-                self.if_modified_since = value
+                # Several lines make one list, which no HTTP-date is: ignored (RFC 9110 13.1.3).
+                ims: bytes | None = self.if_modified_since
+                self.if_modified_since = value if ims is None else ims + b", " + value
             elif key == b"content-length":
                 self.has_body = self.has_body or value.strip() != b"0"
             elif key == b"transfer-encoding":

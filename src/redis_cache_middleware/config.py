@@ -14,7 +14,7 @@ from fnmatch import translate
 
 from .exceptions import ConfigError
 from .keys import make_query_filter
-from .policy import HEURISTIC_STATUSES
+from .policy import DEFAULT_HEURISTIC_FRACTION, DEFAULT_HEURISTIC_MAX_TTL, HEURISTIC_STATUSES
 
 #: The shortest purge token accepted (the purge endpoint can empty the cache).
 MIN_TOKEN_LENGTH = 16
@@ -34,6 +34,9 @@ DEFAULT_ERROR_TTL = 10.0
 #: The fill lock lives a quarter of ``coalesce_timeout``, never less than this many seconds
 #: (nor than three ``timeout``s), never more than half of ``coalesce_timeout``.
 MIN_FILL_LOCK_TTL = 0.25
+#: The targeted cache-control fields (RFC 9213) obeyed by default: this cache is a gateway
+#: cache run for the origin, the class of cache ``CDN-Cache-Control`` speaks to.
+DEFAULT_TARGETED_CACHE_CONTROL = ("CDN-Cache-Control",)
 #: At most this many tags are kept per response, each at most MAX_TAG_LENGTH characters.
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 256
@@ -107,6 +110,26 @@ def _header_names(option: str, names: object) -> tuple[str, ...]:
     return tuple(sorted(set(out)))
 
 
+def _targeted_fields(names: object) -> tuple[bytes, ...]:
+    """The targeted cache-control fields, in precedence order, as lowercase bytes."""
+    option = "targeted_cache_control"
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+        raise ConfigError(
+            f"{option} must be a list of header names in precedence order; got {names!r}"
+        )
+    out: list[bytes] = []
+    for name in names:
+        if not isinstance(name, str) or not _HEADER_NAME_RE.match(name):
+            raise ConfigError(f"{option}: {name!r} is not a valid header name")
+        lowered = name.lower().encode()
+        if lowered == b"cache-control":
+            raise ConfigError(f"{option}: Cache-Control is what a targeted field replaces")
+        if lowered in out:
+            raise ConfigError(f"{option}: {name!r} is named twice")
+        out.append(lowered)
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
     """The middleware's options, validated; see the README for each one's meaning."""
@@ -144,6 +167,10 @@ class CacheConfig:
     credential_headers: Sequence[str] = ()
     error_ttl: float | None = DEFAULT_ERROR_TTL
     invalidate_locations: bool = True
+    targeted_cache_control: Sequence[str] = DEFAULT_TARGETED_CACHE_CONTROL
+    heuristic_freshness: bool = False
+    heuristic_fraction: float = DEFAULT_HEURISTIC_FRACTION
+    heuristic_max_ttl: float = DEFAULT_HEURISTIC_MAX_TTL
 
     # Derived at construction.
     rule_matchers: tuple[tuple[PathMatcher, float | None], ...] = field(init=False)
@@ -158,6 +185,9 @@ class CacheConfig:
     cookie_filter: Callable[[str], bool] | None = field(init=False)
     #: ``credential_headers`` as lowercase bytes, for matching raw request headers.
     credential_header_bytes: frozenset[bytes] = field(init=False)
+    #: ``targeted_cache_control`` as lowercase bytes, in precedence order (the ``targeted``
+    #: argument of ``policy.effective_cache_control``).
+    targeted_fields: tuple[bytes, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -294,6 +324,15 @@ class CacheConfig:
             )
         set_(self, "credential_header_bytes", frozenset(n.encode() for n in credentials))
         _seconds("error_ttl", self.error_ttl, allow_none=True)
+        set_(self, "targeted_fields", _targeted_fields(self.targeted_cache_control))
+        if not isinstance(self.heuristic_freshness, bool):
+            raise ConfigError("heuristic_freshness must be True or False")
+        fraction = self.heuristic_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise ConfigError(f"heuristic_fraction must be a number; got {fraction!r}")
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"heuristic_fraction must be > 0 and <= 1; got {fraction!r}")
+        _seconds("heuristic_max_ttl", self.heuristic_max_ttl, allow_none=False)
 
     def rule_for(self, path: str) -> tuple[bool, float | None]:
         """Return ``(matched, ttl)`` for the first rule matching the path."""

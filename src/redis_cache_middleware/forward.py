@@ -352,7 +352,8 @@ class Forward:
         """Whether the fallback may answer for the app's failure now (why: ``stand_in``)."""
         assert self.fallback is not None
         grace = self.ctx.config.stale_on_error_grace
-        self.stand_in = stand_in_detail(self.fallback, self.ctx.clock(), grace)
+        targets = self.ctx.config.targeted_fields
+        self.stand_in = stand_in_detail(self.fallback, self.ctx.clock(), grace, targets)
         return self.stand_in is not None
 
     async def _serve_fallback(self, why: str) -> None:

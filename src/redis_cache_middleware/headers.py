@@ -1,18 +1,20 @@
 """HTTP header parsing for the cache: pure functions of header values, no I/O, no clock.
 
-``Cache-Control`` (``parse_cache_control``), HTTP-dates, ``Age``, ``Vary`` and field names,
-entity tags and the conditional-request helpers (``is_not_modified``, the headers of a 304,
-``merge_not_modified``). Parsing is forgiving: junk never raises. Where a header is
-malformed, the safe reading wins (an unparseable ``max-age`` makes the response stale, an
-invalid ``Expires`` means expired). The decisions built on them are in ``policy``.
+``Cache-Control`` (``parse_cache_control``; the targeted fields of RFC 9213 that may replace
+it are read in ``targeted``), HTTP-dates (strictly: RFC 9110 5.6.7's three forms, nothing
+else), ``Age``, ``Vary`` and field names, entity tags and the conditional-request helpers
+(``is_not_modified``, the headers of a 304, ``merge_not_modified``). Parsing is forgiving:
+junk never raises. Where a header is malformed, the safe reading wins (an unparseable
+``max-age`` makes the response stale, an invalid ``Expires`` means expired, an invalid
+``Age`` is ignored). The decisions built on them are in ``policy``.
 """
 
 from __future__ import annotations
 
-import datetime
-import email.utils
+import calendar
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ._types import RawHeaders
@@ -43,6 +45,9 @@ class CacheControl:
     max_stale: int | None = None
     stale_while_revalidate: int | None = None
     stale_if_error: int | None = None
+    #: The lowercase name of the field the directives were read from: ``cache-control``, or
+    #: the targeted field (RFC 9213) that replaced it, in which case ``Expires`` is ignored.
+    source: str = "cache-control"
 
 
 _DELTA_DIRECTIVES = {
@@ -134,19 +139,90 @@ def parse_cache_control(values: Iterable[bytes]) -> CacheControl:
     return CacheControl(**flags, **deltas)  # type: ignore[arg-type]
 
 
-def parse_http_date(value: bytes) -> float | None:
-    """Return the POSIX time of an HTTP-date, or None if it does not parse."""
+_DAY_NAME = rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MONTH_NAME = rb"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME_OF_DAY = rb"(\d\d):(\d\d):(\d\d)"
+#: RFC 9110 5.6.7's three forms, whole: ``Sun, 06 Nov 1994 08:49:37 GMT`` (IMF-fixdate),
+#: ``Sunday, 06-Nov-94 08:49:37 GMT`` (rfc850-date) and ``Sun Nov  6 08:49:37 1994``
+#: (asctime-date). Case-insensitive, as RFC 9111 4.2 asks of a cache; only ``GMT``.
+_IMF_FIXDATE = re.compile(
+    _DAY_NAME + rb", (\d\d) " + _MONTH_NAME + rb" (\d{4}) " + _TIME_OF_DAY + rb" GMT",
+    re.IGNORECASE,
+)
+_RFC850_DATE = re.compile(
+    rb"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), (\d\d)-"
+    + _MONTH_NAME
+    + rb"-(\d\d) "
+    + _TIME_OF_DAY
+    + rb" GMT",
+    re.IGNORECASE,
+)
+_ASCTIME_DATE = re.compile(
+    _DAY_NAME + rb" " + _MONTH_NAME + rb" (\d\d| \d) " + _TIME_OF_DAY + rb" (\d{4})",
+    re.IGNORECASE,
+)
+_MONTHS = {
+    name: number
+    for number, name in enumerate(b"jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)
+}
+#: The year an rfc850-date's two digits are read against when the caller gives no clock.
+_PIVOT_YEAR = 2000
+
+
+def parse_http_date(value: bytes, now: float | None = None) -> float | None:
+    """Return the POSIX time of an HTTP-date, or None if it is not one.
+
+    Strict (RFC 9110 5.6.7): an IMF-fixdate, or one of the two obsolete forms a recipient
+    must accept, rfc850-date and asctime-date, with nothing else around them but the field's
+    own leading and trailing whitespace. Another zone (``UTC``, ``+0000``, ``AEST``), a
+    two-digit year outside rfc850-date, a missing comma, doubled spaces, dashes in an
+    IMF-fixdate, a one-digit hour, a day the month does not have, or a combination of
+    several lines (``date, date``) is not an HTTP-date. Names are matched without regard to
+    case (RFC 9111 4.2); the day name is not checked against the date. An rfc850-date's
+    two-digit year that would be more than 50 years after ``now`` is read in the century
+    before (RFC 9110 5.6.7); without ``now``, it is read against the year 2000.
+    """
+    text = value.strip(b" \t")
+    match = _IMF_FIXDATE.fullmatch(text)
+    if match is not None:
+        day, month, year, hour, minute, second = match.groups()
+        return _timestamp(int(year), month, int(day), int(hour), int(minute), int(second))
+    match = _RFC850_DATE.fullmatch(text)
+    if match is not None:
+        day, month, short_year, hour, minute, second = match.groups()
+        this_year = _year_of(now)
+        year = this_year - this_year % 100 + int(short_year)
+        if year > this_year + 50:
+            year -= 100
+        return _timestamp(year, month, int(day), int(hour), int(minute), int(second))
+    match = _ASCTIME_DATE.fullmatch(text)
+    if match is not None:
+        month, day, hour, minute, second, year = match.groups()
+        return _timestamp(int(year), month, int(day), int(hour), int(minute), int(second))
+    return None
+
+
+def _year_of(now: float | None) -> int:
+    """The year of ``now`` (``_PIVOT_YEAR`` without one, or for a time no calendar has)."""
+    if now is None:
+        return _PIVOT_YEAR
     try:
-        parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError, OverflowError):
+        return time.gmtime(now).tm_year
+    except (OverflowError, OSError, ValueError):
+        return _PIVOT_YEAR
+
+
+def _timestamp(
+    year: int, month: bytes, day: int, hour: int, minute: int, second: int
+) -> float | None:
+    """The POSIX time of a date whose fields matched; None for a date no calendar has (31
+    Nov, 25:00, year 0). A leap second (``:60``) is the next second."""
+    number = _MONTHS[month.lower()]
+    if year < 1 or hour > 23 or minute > 59 or second > 60:
         return None
-    if parsed.tzinfo is None:
-        # asctime dates carry no zone; HTTP dates are always UTC (RFC 9110 5.6.7).
-        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
-    try:
-        return parsed.timestamp()
-    except (OverflowError, OSError, ValueError):  # pragma: no cover - platform limits
+    if not 1 <= day <= calendar.monthrange(year, number)[1]:
         return None
+    return float(calendar.timegm((year, number, day, hour, minute, second)))
 
 
 #: An RFC 9110 field name (``token``), lowercase.
@@ -171,10 +247,25 @@ def parse_vary(values: Iterable[bytes]) -> tuple[str, ...] | None:
     return tuple(sorted(names))
 
 
-def parse_age(value: bytes | None) -> float:
-    if value is None:
+def parse_age(values: Sequence[bytes] | bytes | None) -> float:
+    """Return the seconds an ``Age`` field (its field lines, or one value) says, 0 when absent.
+
+    RFC 9111 5.1: of a list-valued ``Age`` (``Age: 7200, 0``, or several lines, which make
+    one list) the first member counts and the rest are discarded; a first member that is no
+    delta-seconds (``abc``, ``-5``, ``1.5``) makes the cache ignore the field: 0, as if it
+    were absent. Too large a value is 2**31 (RFC 9111 1.2.2).
+    """
+    if values is None:
         return 0.0
-    return float(_parse_delta(value.decode("latin-1").strip()))
+    lines = [values] if isinstance(values, bytes) else values
+    for line in lines:
+        for member in line.split(b","):
+            member = member.strip(b" \t")
+            if member:  # empty list elements are skipped (RFC 9110 5.6.1)
+                if not member.isdigit() or not member.isascii():
+                    return 0.0
+                return float(min(int(member), MAX_DELTA_SECONDS))
+    return 0.0
 
 
 def get_validators(headers: RawHeaders) -> tuple[bytes | None, bytes | None]:
@@ -264,23 +355,34 @@ def is_not_modified(
         return has_matching_etag(if_none_match, etag)
     if if_modified_since is None:
         return False
-    since = parse_http_date(if_modified_since)
+    since = parse_http_date(if_modified_since, stored_at)
     if since is None:
-        return False
+        return False  # not an HTTP-date: the field is ignored (RFC 9110 13.1.3)
     modified: float | None = None
     if last_modified is not None:
-        modified = parse_http_date(last_modified)
+        modified = parse_http_date(last_modified, stored_at)
     if modified is None:
-        date = next((v for n, v in headers if n == b"date"), None)
-        modified = parse_http_date(date) if date is not None else None
+        dates = [v for n, v in headers if n == b"date"]
+        # Several Date lines make no HTTP-date: as if there were none.
+        modified = parse_http_date(dates[0], stored_at) if len(dates) == 1 else None
     if modified is None:
         modified = stored_at
     return modified <= since
 
 
-#: The fields a 304 carries from the stored response (RFC 9110 15.4.5).
+#: The fields a 304 carries from the stored response (RFC 9110 15.4.5), and
+#: ``CDN-Cache-Control``: metadata "for the purpose of guiding cache updates", which a CDN in
+#: front of us needs to refresh its copy (RFC 9213 3 says such caches forward it).
 NOT_MODIFIED_FIELDS = frozenset(
-    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"}
+    {
+        b"cache-control",
+        b"cdn-cache-control",
+        b"content-location",
+        b"date",
+        b"etag",
+        b"expires",
+        b"vary",
+    }
 )
 
 

@@ -107,7 +107,7 @@ def private_refusal(request: Request, found: Lookup) -> str | None:
     if not request.has_cookie and not request.credentials:
         return None
     return policy.private_request_refusal(
-        policy.is_explicitly_shared(entry.headers),
+        policy.is_explicitly_shared(entry.headers, request.targeted),
         found.names or (),
         request.has_cookie,
         request.credentials,

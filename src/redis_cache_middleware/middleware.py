@@ -39,6 +39,7 @@ from .config import (
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_PURGE_PATH,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_TARGETED_CACHE_CONTROL,
     DEFAULT_TIMEOUT,
     CacheConfig,
     Pattern,
@@ -97,6 +98,10 @@ class CacheMiddleware:
         credential_headers: Sequence[str] = (),
         error_ttl: float | None = DEFAULT_ERROR_TTL,
         invalidate_locations: bool = True,
+        targeted_cache_control: Sequence[str] = DEFAULT_TARGETED_CACHE_CONTROL,
+        heuristic_freshness: bool = False,
+        heuristic_fraction: float = policy.DEFAULT_HEURISTIC_FRACTION,
+        heuristic_max_ttl: float = policy.DEFAULT_HEURISTIC_MAX_TTL,
     ) -> None:
         if not isinstance(cache, RedisCache):
             raise ConfigError(f"cache must be a RedisCache; got {type(cache).__name__}")
@@ -136,6 +141,10 @@ class CacheMiddleware:
             credential_headers=credential_headers,
             error_ttl=error_ttl,
             invalidate_locations=invalidate_locations,
+            targeted_cache_control=targeted_cache_control,
+            heuristic_freshness=heuristic_freshness,
+            heuristic_fraction=heuristic_fraction,
+            heuristic_max_ttl=heuristic_max_ttl,
         )
         if ignore_query_params:
             cache.ignore_query_params(list(ignore_query_params))

@@ -10,15 +10,18 @@ for a *shared* cache:
 * May this stored response answer this request? ``check_usable`` compares an entry's age with
   its freshness and the request's directives.
 
-The header parsers it builds on (re-exported here) are in ``headers``: junk never raises
-there, and the safe reading of a malformed header wins. Freshness precedence (RFC 9111
-4.2.1): ``s-maxage`` over ``max-age`` over ``Expires - Date``; the configured default TTL
-applies only where the response states none.
+The header parsers it builds on (re-exported here) are in ``headers`` and ``targeted``: junk
+never raises there, and the safe reading of a malformed header wins. A response's directives
+are ``effective_cache_control``'s: a targeted field (RFC 9213, ``CDN-Cache-Control``) when
+present and valid, else ``Cache-Control``. Freshness precedence (RFC 9111 4.2.1):
+``s-maxage`` over ``max-age`` over ``Expires - Date`` (no ``Expires`` under a targeted
+field); where the response states none, the configured default TTL, else (when turned on) a
+heuristic from ``Last-Modified`` (RFC 9111 4.2.2).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from ._types import RawHeaders
@@ -30,14 +33,30 @@ from .headers import has_matching_etag as has_matching_etag
 from .headers import is_field_name as is_field_name
 from .headers import is_not_modified as is_not_modified
 from .headers import merge_not_modified as merge_not_modified
-from .headers import parse_age
+from .headers import parse_age as parse_age
 from .headers import parse_cache_control as parse_cache_control
 from .headers import parse_entity_tags as parse_entity_tags
 from .headers import parse_http_date as parse_http_date
 from .headers import parse_vary as parse_vary
+from .targeted import effective_cache_control as effective_cache_control
 
 #: Statuses RFC 9110 15.1 calls heuristically cacheable.
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+
+#: The final statuses whose semantics RFC 9110 section 15 defines, less 305 (deprecated),
+#: 306 and 418 (unused): a response with explicit freshness is stored whatever its status,
+#: as long as it is one of these (RFC 9111 3) or one the operator made cacheable.
+UNDERSTOOD_STATUSES = frozenset(
+    {*range(200, 207), *range(300, 305), 307, 308}
+    | {*range(400, 418), 421, 422, 426, *range(500, 506)}
+)
+
+#: The longest heuristic freshness lifetime by default (``heuristic_max_ttl``): a day, so
+#: that no heuristically fresh entry is ever served more than 24 hours old.
+DEFAULT_HEURISTIC_MAX_TTL = 86400.0
+#: The fraction of the time since ``Last-Modified`` a heuristic lifetime is by default, the
+#: "typical setting" of RFC 9111 4.2.2.
+DEFAULT_HEURISTIC_FRACTION = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,18 +126,51 @@ def refuse(reason: str) -> StoreDecision:
 def get_freshness_lifetime(
     cc: CacheControl, expires: bytes | None, date: bytes | None, now: float
 ) -> float | None:
-    """Return the explicit freshness lifetime in seconds, or None if the response states none."""
+    """Return the explicit freshness lifetime in seconds, or None if the response states none.
+
+    ``expires`` and ``date`` are the field values (several lines joined with ", ", which no
+    HTTP-date is). An invalid ``Expires`` means "already expired" (RFC 9111 5.3); an invalid
+    ``Date`` is replaced by the time the response was received, ``now`` (RFC 9110 6.6.1).
+    Directives read from a targeted field make ``Expires`` ignored (RFC 9213 2.1).
+    """
     if cc.s_maxage is not None:
         return float(cc.s_maxage)
     if cc.max_age is not None:
         return float(cc.max_age)
-    if expires is not None:
-        expires_at = parse_http_date(expires)
+    if expires is not None and cc.source == "cache-control":
+        expires_at = parse_http_date(expires, now)
         if expires_at is None:
-            return 0.0  # an invalid Expires means "already expired" (RFC 9111 5.3)
-        date_at = parse_http_date(date) if date is not None else None
-        return max(0.0, expires_at - (date_at if date_at is not None else now))
+            return 0.0
+        return max(0.0, expires_at - _date_or(date, now))
     return None
+
+
+def get_heuristic_lifetime(
+    last_modified: bytes | None, date: bytes | None, now: float, fraction: float, cap: float
+) -> float | None:
+    """Return a heuristic freshness lifetime (RFC 9111 4.2.2): ``fraction`` of the time from
+    ``Last-Modified`` to ``Date`` (or ``now``), at most ``cap``; None without a valid
+    ``Last-Modified`` at or before it."""
+    if last_modified is None:
+        return None
+    modified = parse_http_date(last_modified, now)
+    base = _date_or(date, now)
+    if modified is None or modified > base:
+        return None
+    return min(cap, fraction * (base - modified))
+
+
+def _date_or(date: bytes | None, now: float) -> float:
+    """The response's ``Date``, or ``now`` when it is absent or invalid."""
+    date_at = parse_http_date(date, now) if date is not None else None
+    return date_at if date_at is not None else now
+
+
+def _joined(values: list[bytes]) -> bytes | None:
+    """A field's lines as one value (RFC 9110 5.3), None when absent."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else b", ".join(values)
 
 
 def decide_store(
@@ -136,52 +188,67 @@ def decide_store(
     stale_if_error: float = 0.0,
     keep_for_revalidation: float = 0.0,
     error_ttl: float | None = None,
+    targeted: Sequence[bytes] = (),
+    heuristic_fraction: float | None = None,
+    heuristic_max_ttl: float = DEFAULT_HEURISTIC_MAX_TTL,
     stale_on_error_grace: float = 0.0,
 ) -> StoreDecision:
     """Return whether a response to a GET may be stored in a shared cache, and for how long.
 
+    The response's directives are ``effective_cache_control(headers, targeted)``. A response
+    with explicit freshness (``s-maxage``, ``max-age``, ``Expires``) is storable whatever
+    its status, if RFC 9110 defines it (``UNDERSTOOD_STATUSES``) or the operator made it
+    cacheable; ``cacheable_statuses`` governs the rest: ``default_ttl``, then (with
+    ``heuristic_fraction``, None for off) a heuristic from ``Last-Modified`` capped at
+    ``heuristic_max_ttl``. ``error_ttl`` caps both for statuses other than 2xx and 3xx.
+    A ``no-cache`` response is stored only with a validator (nothing else could ever serve
+    it), never fresh, kept for its lifetime and at least ``keep_for_revalidation``.
+
     ``request_has_cookie`` and ``request_credentials`` (the names of the operator's
     credential headers the request carried) make the request a private one: its response is
-    stored only where it says it may be shared (``private_request_refusal``). ``error_ttl``
-    caps ``default_ttl`` for statuses other than 2xx and 3xx. ``stale_on_error_grace`` keeps
-    a response that may be served stale that long past freshness, for the app's failures.
+    stored only where it says it may be shared (``private_request_refusal``).
+    ``stale_on_error_grace`` keeps a response that may be served stale that long past
+    freshness, for the app's failures.
 
     Each guard below refuses one thing; the first that applies names the reason.
     """
-    cc_values: list[bytes] = []
     vary_values: list[bytes] = []
-    expires: bytes | None = None
-    date: bytes | None = None
-    age: bytes | None = None
-    has_set_cookie = has_content_range = has_validator = False
+    expires: list[bytes] = []
+    dates: list[bytes] = []
+    ages: list[bytes] = []
+    modified: list[bytes] = []
+    has_set_cookie = has_validator = False
     for name, value in headers:
-        if name == b"cache-control":
-            cc_values.append(value)
-        elif name == b"vary":
+        if name == b"vary":
             vary_values.append(value)
         elif name == b"expires":
-            expires = value if expires is None else expires
+            expires.append(value)
         elif name == b"date":
-            date = value if date is None else date
+            dates.append(value)
         elif name == b"age":
-            age = value
+            ages.append(value)
         elif name == b"set-cookie":
             has_set_cookie = True
-        elif name == b"content-range":
-            has_content_range = True
-        elif name == b"etag" or name == b"last-modified":
+        elif name == b"etag":
             has_validator = True
+        elif name == b"last-modified":
+            has_validator = True
+            modified.append(value)
 
-    # Only the statuses configured as cacheable (by default RFC 9110's heuristic set).
-    if status not in cacheable_statuses:
-        return refuse("status")
-    # Partial content is never stored: we do not combine ranges.
-    if has_content_range or status == 206:
+    # Partial content is never stored: we do not combine ranges. (A 200 with Content-Range
+    # is the whole representation: stored like any 200.)
+    if status == 206:
         return refuse("partial")
-    # A 304 answers one client's validators; it is no response for anyone else.
-    if status == 304:
+    # A 304 answers one client's validators; it is no response for anyone else. And a
+    # status whose meaning the cache does not know is never stored (RFC 9111 3).
+    if status == 304 or (status not in UNDERSTOOD_STATUSES and status not in cacheable_statuses):
         return refuse("status")
-    cc = parse_cache_control(cc_values)
+    cc = effective_cache_control(headers, targeted)
+    date = _joined(dates)
+    lifetime = get_freshness_lifetime(cc, _joined(expires), date, now)
+    # Without explicit freshness, only the configured (heuristically cacheable) statuses.
+    if lifetime is None and status not in cacheable_statuses:
+        return refuse("status")
     # The origin forbids storing.
     if cc.no_store:
         return refuse("no-store")
@@ -211,15 +278,32 @@ def decide_store(
         )
         if private is not None:
             return refuse(private)
-    if default_ttl is not None and error_ttl is not None and not 200 <= status < 400:
-        # An error page pinned for default_ttl is a denial of service: a short default.
-        default_ttl = min(default_ttl, error_ttl)
-    lifetime = get_freshness_lifetime(cc, expires, date, now)
-    if lifetime is None:
-        # No explicit freshness: the configured default, if any.
-        if default_ttl is None:
-            return refuse("no-ttl")
+    if not 200 <= status < 400 and error_ttl is not None:
+        # An error page pinned for a guessed lifetime is a denial of service: a short one.
+        if default_ttl is not None:
+            default_ttl = min(default_ttl, error_ttl)
+        heuristic_max_ttl = min(heuristic_max_ttl, error_ttl)
+    initial_age = parse_age(ages)
+    if cc.no_cache:
+        return _no_cache_decision(
+            lifetime if lifetime is not None else default_ttl,
+            has_validator,
+            keep_for_revalidation,
+            vary,
+            shared_with_auth,
+            initial_age,
+        )
+    reason = "stored"
+    if lifetime is None and default_ttl is not None:
+        # No explicit freshness: the operator's default (or the path's rule) first.
         lifetime = float(default_ttl)
+    elif lifetime is None and heuristic_fraction is not None:
+        lifetime = get_heuristic_lifetime(
+            _joined(modified), date, now, heuristic_fraction, heuristic_max_ttl
+        )
+        reason = "heuristic"
+    if lifetime is None:
+        return refuse("no-ttl")
     swr_window = sie_window = grace_window = 0.0
     if not (cc.must_revalidate or cc.proxy_revalidate or cc.s_maxage is not None):
         # must-revalidate (and s-maxage, RFC 9111 5.2.2.10) forbid serving it stale.
@@ -232,31 +316,45 @@ def decide_store(
     if has_validator:
         # Kept past freshness so that a 304 can refresh it without its body.
         stale_for = max(stale_for, float(keep_for_revalidation))
-    initial_age = parse_age(age)
-    if cc.no_cache:
-        # Stored, but never served without revalidation: kept for its stated lifetime.
-        keep = lifetime if lifetime > 0 else float(default_ttl or 0)
-        if keep <= initial_age:
-            return refuse("stale" if keep > 0 else "no-ttl")
-        return StoreDecision(
-            store=True,
-            reason="no-cache",
-            fresh_for=0.0,
-            stale_for=max(keep, float(keep_for_revalidation) if has_validator else 0.0),
-            vary=vary,
-            shared_with_auth=shared_with_auth,
-            initial_age=initial_age,
-        )
     # Already stale on arrival: its Age uses up its lifetime and any stale window.
     if lifetime + stale_for <= initial_age or (lifetime <= initial_age and stale_for <= 0):
         return refuse("stale")
     return StoreDecision(
         store=True,
-        reason="stored",
+        reason=reason,
         fresh_for=lifetime,
         stale_for=stale_for,
         stale_while_revalidate=swr_window,
         stale_if_error=sie_window,
+        vary=vary,
+        shared_with_auth=shared_with_auth,
+        initial_age=initial_age,
+    )
+
+
+def _no_cache_decision(
+    lifetime: float | None,
+    has_validator: bool,
+    keep_for_revalidation: float,
+    vary: tuple[str, ...],
+    shared_with_auth: bool,
+    initial_age: float,
+) -> StoreDecision:
+    """A ``no-cache`` response (RFC 9111 5.2.2.4) may answer a request only once the origin
+    has validated it: stored never fresh, with no stale window, for its stated lifetime (or
+    the default) and at least ``keep_for_revalidation``. Without an ``ETag`` or
+    ``Last-Modified`` it could never be validated, only replaced by a full answer, so it
+    is not stored at all."""
+    if not has_validator:
+        return refuse("no-cache-no-validator")
+    keep = max(lifetime or 0.0, float(keep_for_revalidation))
+    if keep <= initial_age:
+        return refuse("stale" if keep > 0 else "no-ttl")
+    return StoreDecision(
+        store=True,
+        reason="no-cache",
+        fresh_for=0.0,
+        stale_for=keep,
         vary=vary,
         shared_with_auth=shared_with_auth,
         initial_age=initial_age,
@@ -287,9 +385,11 @@ def private_request_refusal(
     return None
 
 
-def is_explicitly_shared(headers: RawHeaders) -> bool:
-    """Return whether a stored response says it may be shared: ``public`` or ``s-maxage``."""
-    cc = parse_cache_control(v for n, v in headers if n == b"cache-control")
+def is_explicitly_shared(headers: RawHeaders, targeted: Sequence[bytes] = ()) -> bool:
+    """Return whether a stored response says it may be shared: ``public`` or ``s-maxage``,
+    in its effective directives (``effective_cache_control`` with the ``targeted`` fields
+    the response was stored under)."""
+    cc = effective_cache_control(headers, targeted)
     return cc.public or cc.s_maxage is not None
 
 

@@ -8,6 +8,8 @@ May call: ``policy``. No Redis, no app.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from . import policy
 from ._types import RawHeaders, Scope
 from .admit import Request
@@ -30,7 +32,9 @@ def stand_ins(
     return fallback, revalidate
 
 
-def stand_in_detail(stale: CachedEntry, now: float, grace: float) -> str | None:
+def stand_in_detail(
+    stale: CachedEntry, now: float, grace: float, targets: Sequence[bytes] = ()
+) -> str | None:
     """Return why a stale entry may answer instead of the app's failure now, as the
     ``Cache-Status`` detail, or None when it may not.
 
@@ -46,17 +50,19 @@ def stand_in_detail(stale: CachedEntry, now: float, grace: float) -> str | None:
     if (
         grace > 0
         and policy.can_serve_stale_on_error(stale.fresh_for, age, grace)
-        and not forbids_stale(stale.headers)
+        and not forbids_stale(stale.headers, targets)
     ):
         return "stale-on-error"
     return None
 
 
-def forbids_stale(headers: RawHeaders) -> bool:
-    """Return whether a stored response's ``Cache-Control`` forbids a shared cache to serve
-    it stale (RFC 9111 4.2.4): ``no-cache`` (5.2.2.4), ``must-revalidate`` (5.2.2.2),
-    ``proxy-revalidate`` (5.2.2.8) or ``s-maxage`` (5.2.2.10, which implies it)."""
-    cc = policy.parse_cache_control(v for n, v in headers if n == b"cache-control")
+def forbids_stale(headers: RawHeaders, targets: Sequence[bytes] = ()) -> bool:
+    """Return whether a stored response's directives forbid a shared cache to serve it
+    stale (RFC 9111 4.2.4): ``no-cache`` (5.2.2.4), ``must-revalidate`` (5.2.2.2),
+    ``proxy-revalidate`` (5.2.2.8) or ``s-maxage`` (5.2.2.10, which implies it). The
+    directives are ``policy.effective_cache_control``'s: a targeted field (``targets``,
+    RFC 9213) that was present and valid replaces ``Cache-Control``, as when it was stored."""
+    cc = policy.effective_cache_control(headers, targets)
     return cc.no_cache or cc.must_revalidate or cc.proxy_revalidate or cc.s_maxage is not None
 
 

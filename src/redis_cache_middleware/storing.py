@@ -102,6 +102,9 @@ def decide(
         keep_for_revalidation=config.keep_for_revalidation,
         error_ttl=config.error_ttl,
         stale_on_error_grace=config.stale_on_error_grace,
+        targeted=config.targeted_fields,
+        heuristic_fraction=config.heuristic_fraction if config.heuristic_freshness else None,
+        heuristic_max_ttl=config.heuristic_max_ttl,
     )
 
 
