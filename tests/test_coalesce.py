@@ -17,6 +17,7 @@ import redis
 from starlette.responses import Response
 
 from redis_cache_middleware import CacheMiddleware, RedisCache, keys
+from redis_cache_middleware._redis.lane import Lane
 from redis_cache_middleware.cache import FillLock
 from redis_cache_middleware.coalesce import POLL_CAP
 from redis_cache_middleware.config import CacheConfig
@@ -660,20 +661,23 @@ async def test_hits_on_a_url_seen_stored_are_one_plain_hgetall(
     cache: RedisCache, redis_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One command, one round trip per hit: a plain HGETALL while this process knows the key
-    # has a TTL (it stored it); no script, no lock, no pipeline.
+    # has a TTL (it stored it); no script, no lock, no pipeline. The commands go on the lane
+    # (one pipelined connection), or through the client with ``multiplex=False``.
     origin = Origin()
     sent: list[tuple[Any, ...]] = []
-    send = redis_client.execute_command
+    lane = cache._state.lane
+    assert lane is not None  # a plain client on one Redis: the request path is multiplexed
+    execute = Lane.execute
 
-    async def spy(*args: Any, **options: Any) -> Any:
+    async def spy(self: Lane, *args: Any) -> Any:
         sent.append(args)
-        return await send(*args, **options)
+        return await execute(self, *args)
 
     async with make_client(cache, origin, default_ttl=60) as client:
         await client.get("/seen")  # stored by this process: it knows the URL is there
         await client.get("/seen")  # the first hit may also read the generation
         await redis_client.config_resetstat()
-        monkeypatch.setattr(redis_client, "execute_command", spy)
+        monkeypatch.setattr(Lane, "execute", spy)
         for _ in range(20):
             response = await client.get("/seen")
             assert "hit" in response.headers["cache-status"]
@@ -682,7 +686,7 @@ async def test_hits_on_a_url_seen_stored_are_one_plain_hgetall(
     assert stats["cmdstat_hgetall"]["calls"] == 20
     sent_names = {name.removeprefix("cmdstat_") for name in stats}
     assert sent_names == {"hgetall", "config|resetstat"}
-    assert [a[0] for a in sent] == ["HGETALL"] * 20
+    assert [a[0] for a in sent] == [b"HGETALL"] * 20
 
 
 def test_fill_tokens_are_unique_and_name_the_process() -> None:

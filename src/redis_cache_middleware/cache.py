@@ -159,6 +159,11 @@ class RedisCache:
     ``fakeredis.FakeAsyncRedis``) made with ``decode_responses=False``; it is not closed by
     ``aclose()``. On a cluster every operation keeps to one slot per command (see
     ``docs/scaling.md``). ``namespace`` prefixes every key (letters, digits, ``_ . -``; at most 64).
+
+    ``multiplex`` (on by default) sends the commands on a request's path (a hit's read, a
+    miss's lookup, store and fill lock) pipelined on one connection taken from the client's
+    pool, instead of one pool round trip each (``_redis/lane.py``); it applies to a plain
+    client on one Redis, not to a cluster, a Sentinel pool or a test double.
     """
 
     def __init__(
@@ -171,15 +176,20 @@ class RedisCache:
         breaker_cooldown: float = 5.0,
         generation_check_interval: float = 1.0,
         admin_timeout: float | None = 5.0,
+        multiplex: bool = True,
     ) -> None:
         _check_options(client, namespace, admin_timeout, generation_check_interval)
+        if not isinstance(multiplex, bool):
+            raise ConfigError(f"multiplex must be True or False; got {multiplex!r}")
         #: Bounds each purge, clear, inspect and scan call (the middleware bounds its own calls
         #: with its ``timeout``): a client without a socket timeout cannot hang them.
         self.admin_timeout = admin_timeout
         self._owns_client = False
         self.namespace = namespace
         #: The generation, and what this process remembers of URLs, shared by the parts.
-        self._state = CacheState(client, namespace, float(generation_check_interval))
+        self._state = CacheState(
+            client, namespace, float(generation_check_interval), multiplex=multiplex
+        )
         self._url_keys = UrlKeys()
         #: Whether any query parameter is ignored (``ignore_query_params``).
         self.has_ignored_query = False
@@ -199,7 +209,7 @@ class RedisCache:
         self._background: list[tuple[BackgroundTasks, float]] = []
         self._reader = Reader(self._state)
         self._writer = Writer(self._state)
-        self._locks = FillLocks(client, namespace)
+        self._locks = FillLocks(self._state)
         self._purger = Purger(self._state, self.stats, on_purge)
 
     @classmethod
@@ -213,6 +223,7 @@ class RedisCache:
         breaker_cooldown: float = 5.0,
         generation_check_interval: float = 1.0,
         admin_timeout: float | None = 5.0,
+        multiplex: bool = True,
         socket_timeout: float | None = None,
         connect_timeout: float = 0.5,
         max_connections: int | None = None,
@@ -245,6 +256,7 @@ class RedisCache:
             breaker_cooldown=breaker_cooldown,
             generation_check_interval=generation_check_interval,
             admin_timeout=admin_timeout,
+            multiplex=multiplex,
         )
         cache._owns_client = True
         cache._also_close = also_close
@@ -291,6 +303,7 @@ class RedisCache:
         for tasks, timeout in self._background:
             await tasks.drain(timeout)
         await self._purger.drain()
+        await self._state.aclose()
         if self._owns_client:
             await self._state.client.aclose()
             for other in self._also_close:  # a Sentinel's own clients

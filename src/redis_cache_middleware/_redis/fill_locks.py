@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .. import keys
 
 if TYPE_CHECKING:
-    from .connect import AnyRedis
+    from .state import CacheState
 
 ACQUIRED, HELD, PASS = 1, 0, -1
 
@@ -98,8 +98,10 @@ class FillLocks:
     """The fill locks of a namespace: ``RedisCache.acquire_fill``, ``renew_fill``,
     ``take_over_fill`` and ``release_fill``."""
 
-    def __init__(self, client: AnyRedis, namespace: str) -> None:
-        self._namespace = namespace
+    def __init__(self, state: CacheState) -> None:
+        self._state = state
+        self._namespace = state.namespace
+        client = state.client
         self._acquire_script = client.register_script(ACQUIRE_SCRIPT)
         self._release_script = client.register_script(RELEASE_SCRIPT)
         self._renew_script = client.register_script(RENEW_SCRIPT)
@@ -113,9 +115,10 @@ class FillLocks:
         to the app at once instead of queueing behind a lock.
         """
         base = keys.url_key(self._namespace, generation, uhash)
-        result = await self._acquire_script(
-            keys=[keys.lock_key(base, fill.variant), keys.pass_key(base)],
-            args=[fill.token, max(1, int(ttl * 1000))],
+        result = await self._state.run_script(
+            self._acquire_script,
+            [keys.lock_key(base, fill.variant), keys.pass_key(base)],
+            [fill.token, max(1, int(ttl * 1000))],
         )
         return int(result)
 
@@ -123,9 +126,10 @@ class FillLocks:
         """Make a fill lock this request holds live ``ttl`` seconds from now; return False
         when it is no longer ours (it expired, and maybe someone else took it)."""
         base = keys.url_key(self._namespace, generation, uhash)
-        result = await self._renew_script(
-            keys=[keys.lock_key(base, fill.variant)],
-            args=[fill.token, max(1, int(ttl * 1000))],
+        result = await self._state.run_script(
+            self._renew_script,
+            [keys.lock_key(base, fill.variant)],
+            [fill.token, max(1, int(ttl * 1000))],
         )
         return int(result) == 1
 
@@ -141,13 +145,14 @@ class FillLocks:
         now this one's, alone.
         """
         base = keys.url_key(self._namespace, generation, uhash)
-        result = await self._takeover_script(
-            keys=[
+        result = await self._state.run_script(
+            self._takeover_script,
+            [
                 keys.lock_key(base, fill.variant),
                 keys.takeover_key(base, fill.variant),
                 keys.pass_key(base),
             ],
-            args=[fill.token, max(1, int(ttl * 1000)), max(1, int(window * 1000))],
+            [fill.token, max(1, int(ttl * 1000)), max(1, int(window * 1000))],
         )
         return int(result)
 
@@ -157,7 +162,8 @@ class FillLocks:
         """Release a fill lock if this request still owns it; with ``pass_for``, remember
         for that many seconds that the URL's response is not storable."""
         base = keys.url_key(self._namespace, generation, uhash)
-        await self._release_script(
-            keys=[keys.lock_key(base, fill.variant), keys.pass_key(base)],
-            args=[fill.token, int(pass_for * 1000)],
+        await self._state.run_script(
+            self._release_script,
+            [keys.lock_key(base, fill.variant), keys.pass_key(base)],
+            [fill.token, int(pass_for * 1000)],
         )

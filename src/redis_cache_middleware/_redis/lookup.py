@@ -146,12 +146,7 @@ class Reader:
                     known_ttl = _first_pttl(read_reply)
                     replies = [None, *_hash_replies(read_reply, len(read_keys))]
                     break
-                async with self._client.pipeline(transaction=False) as pipe:
-                    pipe.get(state.generation_key)
-                    # EVAL, not EVALSHA: a pipeline cannot load a missing script (and a
-                    # cluster's refuses EVALSHA). Once per generation_check_interval.
-                    pipe.eval(READ_SCRIPT, len(read_keys), *read_keys)
-                    gen_reply, read_reply = await pipe.execute(raise_on_error=False)
+                gen_reply, read_reply = await self._generation_and_read(read_keys)
                 if isinstance(gen_reply, ResponseError):
                     _garbage_or_raise(gen_reply)
                 if isinstance(read_reply, ResponseError):
@@ -193,13 +188,32 @@ class Reader:
         status = "vary-miss" if _is_empty(variant_reply) else "corrupt"
         return Lookup(state=status, generation=generation, names=names)
 
+    async def _generation_and_read(self, read_keys: list[str]) -> list[Any]:
+        """The namespace generation and READ_SCRIPT's reply for the keys, in one round trip
+        (an error as the exception, not raised). EVAL, not EVALSHA: a pipeline cannot load
+        a missing script (and a cluster's refuses EVALSHA). Once per
+        generation_check_interval."""
+        state = self._state
+        count = len(read_keys)
+        lane = state.lane
+        if lane is not None:
+            return await lane.pipeline(
+                (b"GET", state.generation_key), (b"EVAL", READ_SCRIPT, count, *read_keys)
+            )
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.get(state.generation_key)
+            pipe.eval(READ_SCRIPT, count, *read_keys)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
     async def _lookup_or_lock(self, base: str, fill: FillLock, ttl: float) -> Any:
         """PTTL and HGETALL of a URL's key (as READ_SCRIPT answers, for ``_hash_replies``);
         when it is empty, try its fill lock (an int) instead."""
         try:
-            return await self._lookup_script(
-                keys=[base, keys.lock_key(base, fill.variant), keys.pass_key(base)],
-                args=[fill.token, max(1, int(ttl * 1000))],
+            return await self._state.run_script(
+                self._lookup_script,
+                [base, keys.lock_key(base, fill.variant), keys.pass_key(base)],
+                [fill.token, max(1, int(ttl * 1000))],
             )
         except ResponseError as exc:  # WRONGTYPE inside the script: garbage at our key
             return _garbage_or_raise(exc)
@@ -207,7 +221,7 @@ class Reader:
     async def _hgetall(self, key: str) -> Any:
         """Return HGETALL of a key, or the error when the key holds another type."""
         try:
-            return await self._client.hgetall(key)
+            return await self._state.hgetall(key)
         except ResponseError as exc:  # WRONGTYPE: garbage at our key, a miss
             return _garbage_or_raise(exc)
 
@@ -219,6 +233,8 @@ class Reader:
     async def _read_reply(self, read_keys: list[str]) -> Any:
         """Return READ_SCRIPT's reply for the keys (PTTL, fields, per key): one command."""
         script = self._read_script
+        if self._state.lane is not None:
+            return await self._state.run_script(script, read_keys, [])
         try:
             # EVALSHA itself: calling the script object costs a hit ~4% more CPU (it runs an
             # import statement on every call); it is there to load the script when missing.

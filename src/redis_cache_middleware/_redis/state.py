@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import keys
 from .connect import AnyRedis, is_cluster
+from .lane import Lane, LaneUnavailable, suits
 
 #: How many URLs' Vary names a process remembers, to fetch a variant in the first round trip.
 VARY_MEMORY = 4096
@@ -32,14 +33,20 @@ class CacheState:
         "generation_checked_at",
         "generation_interval",
         "generation_key",
+        "lane",
         "namespace",
         "stored_until",
         "vary_names",
     )
 
-    def __init__(self, client: AnyRedis, namespace: str, generation_interval: float) -> None:
+    def __init__(
+        self, client: AnyRedis, namespace: str, generation_interval: float, multiplex: bool = True
+    ) -> None:
         self.client = client
         self.cluster = is_cluster(client)
+        #: The pipelined connection of a request's commands (``lane``), where the client
+        #: suits it and ``multiplex`` is on; None: they go through the client.
+        self.lane = Lane(client) if multiplex and not self.cluster and suits(client) else None
         self.namespace = namespace
         self.generation_key = keys.generation_key(namespace)
         #: The namespace generation this process saw last.
@@ -50,12 +57,19 @@ class CacheState:
         self.vary_names: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         #: URLs (without Vary) this process saw stored, and until when (monotonic): their
         #: lookups are a plain HGETALL; others also try the fill lock in the same trip.
-        self.stored_until: dict[str, float] = {}
+        #: Oldest first: an OrderedDict, whose oldest entry goes in O(1) (a dict's first key
+        #: is found by scanning past the ones deleted before it).
+        self.stored_until: OrderedDict[str, float] = OrderedDict()
 
     async def connect(self) -> None:
         """Open a connection (on a cluster, read the slot map) and read the generation."""
         if self.cluster:
             await self.client.initialize()
+        if self.lane is not None:
+            try:
+                await self.lane.open()
+            except LaneUnavailable:
+                self.lane = None
         await self.current_generation()
 
     async def current_generation(self) -> int:
@@ -76,9 +90,10 @@ class CacheState:
         if seconds <= 0:
             self.stored_until.pop(uhash, None)
             return
-        if len(self.stored_until) >= VARY_MEMORY and uhash not in self.stored_until:
-            del self.stored_until[next(iter(self.stored_until))]  # the oldest remembered
-        self.stored_until[uhash] = time.monotonic() + seconds
+        stored_until = self.stored_until
+        if len(stored_until) >= VARY_MEMORY and uhash not in stored_until:
+            stored_until.popitem(last=False)  # the oldest remembered
+        stored_until[uhash] = time.monotonic() + seconds
 
     def remember_vary(self, uhash: str, names: tuple[str, ...] | None) -> None:
         if names is None:
@@ -93,6 +108,32 @@ class CacheState:
         """Forget what this process remembered of a URL (it was purged)."""
         self.remember_vary(uhash, None)
         self.stored_until.pop(uhash, None)
+
+    async def run_script(self, script: Any, script_keys: list[str], args: list[Any]) -> Any:
+        """Run a registered script on the lane, or through the client without one."""
+        lane = self.lane
+        if lane is not None:
+            try:
+                return await lane.script(script, script_keys, args)
+            except LaneUnavailable:
+                self.lane = None  # the client's connections are not sockets: use the client
+        return await script(keys=script_keys, args=args)
+
+    async def hgetall(self, key: str) -> Any:
+        """HGETALL on the lane (a flat list of fields and values), or through the client (a
+        dict)."""
+        lane = self.lane
+        if lane is not None:
+            try:
+                return await lane.execute(b"HGETALL", key)
+            except LaneUnavailable:
+                self.lane = None
+        return await self.client.hgetall(key)
+
+    async def aclose(self) -> None:
+        """Give the lane's connection back (before the client closes, if it does)."""
+        if self.lane is not None:
+            await self.lane.aclose()
 
     async def queue_script(
         self, pipe: Any, script: Any, script_keys: list[str], args: list[Any]

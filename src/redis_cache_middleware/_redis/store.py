@@ -282,8 +282,9 @@ class Writer:
             lex = exp = hosts = base
             host_arg = member = b""
         flat = _flat(fields)
-        await self._store_script(
-            keys=[
+        await self._state.run_script(
+            self._store_script,
+            [
                 base,
                 entry_key,
                 variants,
@@ -293,7 +294,7 @@ class Writer:
                 hosts,
                 *(keys.tag_key(namespace, gen, tag) for tag in tags),
             ],
-            args=[
+            [
                 ttl_ms,
                 now_ms,
                 expiry_ms,
@@ -355,8 +356,10 @@ class Writer:
         request is kept. Tag and path index members of the entry are left to expire; a purge
         that reaches them finds nothing to remove.
         """
-        result = await self._drop_script(
-            keys=[key], args=[entry_codec.F_STORED_AT, entry_codec.encode_number(stored_at)]
+        result = await self._state.run_script(
+            self._drop_script,
+            [key],
+            [entry_codec.F_STORED_AT, entry_codec.encode_number(stored_at)],
         )
         dropped = int(result) == 1
         if dropped:
