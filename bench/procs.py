@@ -1,4 +1,5 @@
-"""Processes the benchmark starts: its own redis-server, one uvicorn per variant, and wrk.
+"""Processes the benchmark starts: its own redis-server, one uvicorn per variant, and wrk;
+the CPUs each may use, and the CPU time a server spends during a wrk run (``/proc``).
 
 Everything listens on 127.0.0.1 only, on a port picked free, and is stopped by the harness
 (by its own pid) when done, on error and on Ctrl-C.
@@ -6,6 +7,7 @@ Everything listens on 127.0.0.1 only, on a port picked free, and is stopped by t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,6 +43,58 @@ def _affinity(cpus: list[int] | None):  # type: ignore[no-untyped-def]
         os.sched_setaffinity(0, cpus)
 
     return apply
+
+
+def pin_threads(pid: int, cpus: list[int]) -> None:
+    """Set the CPU affinity of every thread of a running process (redis-server has several:
+    ``sched_setaffinity`` on the pid alone moves only its main thread)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(tid, cpus)
+
+
+def _family(pid: int) -> list[int]:
+    """``pid`` and its live descendants (every thread's ``children`` list, recursively)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tids = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                children = Path(f"/proc/{current}/task/{tid}/children").read_text()
+            except OSError:
+                continue
+            todo.extend(int(c) for c in children.split())
+    return found
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) that ``pid`` and its descendants have used so far, children
+    they have reaped included: ``utime + stime + cutime + cstime`` of ``/proc/<pid>/stat``
+    (all of a process's threads), which the kernel counts in clock ticks (1/``SC_CLK_TCK`` s)."""
+    ticks = 0
+    for member in _family(pid):
+        try:
+            stat = Path(f"/proc/{member}/stat").read_text()
+        except OSError:  # it exited meanwhile
+            continue
+        # The command name (field 2) is in parentheses and may hold spaces: split after it.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields[0] is field 3 (state); utime, stime, cutime, cstime are fields 14-17.
+        ticks += sum(int(f) for f in fields[11:15])
+    return ticks / _CLOCK_TICKS
 
 
 def stop(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
@@ -247,25 +301,53 @@ class WrkResult:
     requests: int
     seconds: float
     rps: float
+    mean_ms: float
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    p99_9_ms: float
     max_ms: float
     errors: dict[str, int]
     bytes: int
+    #: The server's CPU during the run (``server_pid`` given to ``run_wrk``), else None:
+    #: CPU seconds used, wall seconds between the two readings, and derived per request.
+    server_cpu_s: float | None = None
+    server_wall_s: float | None = None
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        if self.server_cpu_s is None or not self.requests:
+            return None
+        return self.server_cpu_s * 1e6 / self.requests
+
+    @property
+    def cpu_utilisation(self) -> float | None:
+        """CPU seconds over wall seconds: ~1.0 is a server using a whole core (CPU-bound)."""
+        if self.server_cpu_s is None or not self.server_wall_s:
+            return None
+        return self.server_cpu_s / self.server_wall_s
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "requests": self.requests,
             "seconds": round(self.seconds, 3),
             "rps": round(self.rps, 1),
+            "mean_ms": round(self.mean_ms, 3),
             "p50_ms": round(self.p50_ms, 3),
             "p90_ms": round(self.p90_ms, 3),
             "p99_ms": round(self.p99_ms, 3),
+            "p99_9_ms": round(self.p99_9_ms, 3),
             "max_ms": round(self.max_ms, 3),
             "errors": self.errors,
             "bytes": self.bytes,
         }
+        if self.server_cpu_s is not None:
+            per_request, utilisation = self.cpu_us_per_request, self.cpu_utilisation
+            data["server_cpu_s"] = round(self.server_cpu_s, 3)
+            data["server_wall_s"] = round(self.server_wall_s or 0.0, 3)
+            data["cpu_us_per_request"] = None if per_request is None else round(per_request, 1)
+            data["cpu_utilisation"] = None if utilisation is None else round(utilisation, 3)
+        return data
 
 
 def wrk_version() -> str:
@@ -284,8 +366,14 @@ def run_wrk(
     run_tag: str = "run",
     hit_path: str = "/items/42?q=hot",
     miss_prefix: str = "/items/42?q=",
+    server_pid: int | None = None,
 ) -> WrkResult:
-    """Run wrk for ``duration`` seconds in ``mode`` "hit" (one URL) or "miss" (unique queries)."""
+    """Run wrk for ``duration`` seconds in ``mode`` "hit" (one URL) or "miss" (unique queries).
+
+    With ``server_pid``, the CPU time that process (and its descendants) used between just
+    before wrk starts and just after it exits is recorded with the wall time between the two
+    readings (``cpu_seconds``).
+    """
     seconds = max(1, round(duration))
     command = [
         "wrk",
@@ -311,6 +399,8 @@ def run_wrk(
         ]
     else:  # pragma: no cover
         raise ValueError(mode)
+    cpu0 = cpu_seconds(server_pid) if server_pid is not None else 0.0
+    wall0 = time.monotonic()
     result = subprocess.run(
         command,
         capture_output=True,
@@ -318,6 +408,8 @@ def run_wrk(
         timeout=seconds + 60,
         preexec_fn=_affinity(cpus),
     )
+    wall = time.monotonic() - wall0
+    cpu = cpu_seconds(server_pid) - cpu0 if server_pid is not None else None
     for line in result.stdout.splitlines():
         if line.startswith("BENCHJSON "):
             data = json.loads(line[len("BENCHJSON ") :])
@@ -332,10 +424,14 @@ def run_wrk(
         requests=data["requests"],
         seconds=secs,
         rps=data["requests"] / secs if secs else 0.0,
+        mean_ms=lat["mean"] / 1000,
         p50_ms=lat["p50"] / 1000,
         p90_ms=lat["p90"] / 1000,
         p99_ms=lat["p99"] / 1000,
+        p99_9_ms=lat["p99_9"] / 1000,
         max_ms=lat["max"] / 1000,
         errors=data["errors"],
         bytes=data["bytes"],
+        server_cpu_s=cpu,
+        server_wall_s=wall if cpu is not None else None,
     )

@@ -3,6 +3,7 @@
 
     python bench/run.py            # 3 rounds x 10 s per run: about 9 minutes
     python bench/run.py --quick    # 2 rounds x 2 s: a smoke run of about 2 minutes
+    python bench/run.py --mode both    # each round in the cpu-bound and the unpinned mode
 
 It makes (once) and then uses its own venv in ``bench/.venv``, starts its own redis-server and
 one uvicorn per variant on free loopback ports, drives them with wrk, and writes
@@ -62,8 +63,9 @@ def bootstrap(argv: list[str]) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python bench/run.py",
-        description="HTTP throughput, Redis commands, CPU and memory of redis-cache-middleware "
-        "against no cache, fastapi-cache2, cashews, litestar and two floors.",
+        description="HTTP throughput, latency, CPU per request, Redis commands and memory of "
+        "redis-cache-middleware against no cache, fastapi-cache2, cashews, litestar and two "
+        "floors.",
     )
     p.add_argument(
         "--quick",
@@ -81,9 +83,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="comma-separated subset (constant is always run: it is the reference)",
     )
     p.add_argument(
+        "--mode",
+        choices=("cpu-bound", "unpinned", "both"),
+        help="cpu-bound (default): uvicorn pinned to one CPU, wrk and redis-server to the "
+        "others; unpinned: no pinning; both: every variant in both modes in each round",
+    )
+    p.add_argument(
         "--no-pin",
         action="store_true",
-        help="do not pin uvicorn to one CPU and wrk+redis to the others",
+        help="the same as --mode unpinned",
     )
     p.add_argument(
         "--skip-extras",
@@ -107,6 +115,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if "constant" not in names:
         names.insert(0, "constant")
     args.variant_names = [v for v in VARIANTS if v in names]
+    if args.no_pin and args.mode not in (None, "unpinned"):
+        p.error(f"--no-pin is --mode unpinned: it contradicts --mode {args.mode}")
+    mode = "unpinned" if args.no_pin else args.mode or "cpu-bound"
+    args.modes = ["cpu-bound", "unpinned"] if mode == "both" else [mode]
     if args.duration < 1 or args.rounds < 1 or args.connections < 1 or args.threads < 1:
         p.error("--duration, --rounds, --connections and --threads must be >= 1")
     if args.threads > args.connections:
