@@ -5,6 +5,9 @@
   those ten seconds every client is answered from Redis and the upstream is spared.
 * ``/users``: a small CRUD API over an in-memory dict. Reads are cached; every write purges
   the URLs it changed with ``cache.purge_url(...)``, so the next read sees the new data.
+* ``/_cache/purge`` (and ``PURGE`` on any URL): the middleware's purge endpoint, and the
+  ``X-Cache-Bypass`` header, both guarded by one token (``CACHE_PURGE_TOKEN``, else made up
+  when the app is built and shown by ``python -m example_app``).
 
 All state lives in the app that ``create_app`` returns (not in the lifespan), so the app also
 works under ``httpx.ASGITransport``, which does not run the lifespan.
@@ -17,6 +20,7 @@ import hashlib
 import logging
 import math
 import os
+import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -30,7 +34,8 @@ from fastapi import FastAPI, HTTPException, Path, Request, Response, status
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
-from redis_cache_middleware import CacheMiddleware, RedisCache
+from redis_cache_middleware import CacheMiddleware, ConfigError, RedisCache
+from redis_cache_middleware.config import MIN_TOKEN_LENGTH
 
 logger = logging.getLogger("example_app")
 
@@ -47,6 +52,12 @@ SYMBOL_PATTERN = r"^[A-Za-z]{1,10}$"
 USERS_CACHE_CONTROL = "max-age=60"
 #: What a quote says about its freshness: shared caches may keep it ten seconds.
 QUOTE_CACHE_CONTROL = "public, max-age=10"
+#: The request header that skips the cache and refreshes the entry (with the token as value).
+BYPASS_HEADER = "X-Cache-Bypass"
+#: Where the middleware serves the purge endpoint (its default).
+PURGE_PATH = "/_cache/purge"
+#: The environment variable holding the purge and bypass token.
+TOKEN_VARIABLE = "CACHE_PURGE_TOKEN"
 
 
 # -- the cache ---------------------------------------------------------------------------
@@ -56,17 +67,24 @@ def cache_from_env() -> RedisCache:
     """Return a cache in the Redis at ``REDIS_URL``, or in an in-process stand-in without it."""
     url = os.environ.get("REDIS_URL")
     if url:
-        logger.info("caching responses in Redis at %s", _without_password(url))
+        logger.info("caching responses in Redis at %s", without_password(url))
         return RedisCache.from_url(url, namespace=NAMESPACE)
     logger.warning(
-        "REDIS_URL is not set: caching in an in-process Redis stand-in (fakeredis). "
-        "Its data belongs to this process alone: it is not shared between workers and is "
-        "lost on exit. Set REDIS_URL=redis://localhost:6379/0 to use a real Redis."
+        "REDIS_URL is not set: caching in an in-process Redis stand-in (fakeredis) that "
+        "nothing outside this process can reach, and that is lost on exit. "
+        "`python -m example_app` serves its stand-in on a loopback port instead; set "
+        "REDIS_URL=redis://localhost:6379/0 to use a real Redis."
     )
     return RedisCache(fakeredis.FakeAsyncRedis(), namespace=NAMESPACE)
 
 
-def _without_password(url: str) -> str:
+def token_from_env() -> str:
+    """Return ``CACHE_PURGE_TOKEN``, or a new random token when it is unset or empty."""
+    return os.environ.get(TOKEN_VARIABLE) or secrets.token_urlsafe(24)
+
+
+def without_password(url: str) -> str:
+    """Return a Redis URL with its password replaced by ``***``, for messages."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -186,11 +204,13 @@ class Index(BaseModel):
     """The service's front page."""
 
     service: str
+    namespace: str = Field(description="the key prefix of this app's entries in Redis")
     endpoints: dict[str, str]
 
 
 INDEX = Index(
     service="redis-cache-middleware example",
+    namespace=NAMESPACE,
     endpoints={
         "GET /quotes/{symbol}": "a stock quote from a slow upstream (cached 10 s)",
         "GET /upstream-calls": "how often the upstream was called (never cached)",
@@ -199,6 +219,9 @@ INDEX = Index(
         "POST /users": "create a user (purges the list)",
         "PUT /users/{user_id}": "replace a user (purges it and the list)",
         "DELETE /users/{user_id}": "delete a user (purges it and the list)",
+        f"POST {PURGE_PATH}": "purge by URL, tag or prefix (Authorization: Bearer <token>)",
+        "PURGE /any/url": "purge that URL (Authorization: Bearer <token>)",
+        f"GET with {BYPASS_HEADER}: <token>": "skip the cache and refresh the entry",
     },
 )
 
@@ -209,16 +232,26 @@ INDEX = Index(
 def create_app(
     cache: RedisCache | None = None,
     *,
+    token: str | None = None,
     upstream_latency: float | None = None,
     rate_limit_calls: int = 5,
     rate_limit_period: float = 1.0,
 ) -> FastAPI:
     """Return the example app, caching in ``cache`` (default: ``cache_from_env()``).
 
-    The app closes the cache when its lifespan ends. ``upstream_latency`` defaults to
-    ``UPSTREAM_LATENCY`` from the environment (else 0.3 s); the upstream accepts at most
-    ``rate_limit_calls`` calls per ``rate_limit_period`` seconds and answers 429 beyond that.
+    The app closes the cache when its lifespan ends. ``token`` (default: ``token_from_env()``,
+    kept in ``app.state.token``) opens the purge endpoint and the bypass header.
+    ``upstream_latency`` defaults to ``UPSTREAM_LATENCY`` from the environment (else 0.3 s);
+    the upstream accepts at most ``rate_limit_calls`` calls per ``rate_limit_period`` seconds
+    and answers 429 beyond that.
     """
+    if token is None:
+        token = token_from_env()
+    if len(token) < MIN_TOKEN_LENGTH:
+        # Checked here: Starlette builds the middleware, which checks it too, on the first call.
+        raise ConfigError(
+            f"token ({TOKEN_VARIABLE}): at least {MIN_TOKEN_LENGTH} characters, got {len(token)}"
+        )
     if cache is None:
         cache = cache_from_env()
     latency = _latency_from_env() if upstream_latency is None else upstream_latency
@@ -246,7 +279,16 @@ def create_app(
     )
     app.state.cache = cache
     app.state.upstream = upstream
-    app.add_middleware(CacheMiddleware, cache=cache, default_ttl=DEFAULT_TTL)
+    app.state.token = token
+    app.add_middleware(
+        CacheMiddleware,
+        cache=cache,
+        default_ttl=DEFAULT_TTL,
+        bypass_header=BYPASS_HEADER,
+        bypass_token=token,
+        purge_token=token,
+        purge_path=PURGE_PATH,
+    )
 
     async def purge(*urls: str) -> None:
         """Drop every cached variant of these URLs.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import socket
 import string
 import uuid
 from collections.abc import AsyncIterator
@@ -13,8 +15,17 @@ import httpx
 import pytest
 
 from example_app import create_app
-from example_app.app import NAMESPACE
-from redis_cache_middleware import RedisCache
+from example_app.__main__ import banner
+from example_app.__main__ import main as example_main
+from example_app.app import (
+    BYPASS_HEADER,
+    NAMESPACE,
+    PURGE_PATH,
+    TOKEN_VARIABLE,
+    token_from_env,
+)
+from example_app.embedded import EmbeddedRedis, PortInUse
+from redis_cache_middleware import ConfigError, RedisCache, cli
 
 from .conftest import RedisServer
 
@@ -196,3 +207,126 @@ async def test_post_and_delete_purge(client: httpx.AsyncClient) -> None:
 async def test_invalid_user_body_is_rejected(client: httpx.AsyncClient) -> None:
     response = await client.post("/users", json={"name": "", "email": "nope"})
     assert response.status_code == 422
+
+
+# -- the purge endpoint, the bypass header and the namespace ------------------------------
+
+TOKEN = "example-test-token-0123456789"
+
+
+async def test_purge_endpoint_and_bypass_header_take_the_token() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    cache = RedisCache(redis, namespace=f"example-test-{uuid.uuid4().hex[:12]}")
+    app = create_app(cache, token=TOKEN, upstream_latency=0.01)
+    assert app.state.token == TOKEN
+    await cache.warm_up()
+    await redis.eval("return 1", 0)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+            index = (await client.get("/")).json()
+            assert index["namespace"] == NAMESPACE == "example"
+            assert f"POST {PURGE_PATH}" in index["endpoints"]
+            await client.get("/quotes/ACME")
+            # The bypass header with a wrong value is no bypass: a hit.
+            wrong = await client.get("/quotes/ACME", headers={BYPASS_HEADER: "guess"})
+            assert wrong.headers["cache-status"].startswith("redis-cache; hit")
+            bypass = await client.get("/quotes/ACME", headers={BYPASS_HEADER: TOKEN})
+            assert bypass.headers["cache-status"] == (
+                "redis-cache; fwd=bypass; fwd-status=200; stored"
+            )
+            assert await upstream_calls(client) == 2
+            refused = await client.request("PURGE", "/quotes/ACME")
+            assert refused.status_code == 401
+            purged = await client.request(
+                "PURGE", "/quotes/ACME", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            assert purged.json() == {"purged": 1}
+            await client.get("/users/1")
+            by_prefix = await client.post(
+                PURGE_PATH,
+                json={"prefixes": ["/users"]},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert by_prefix.json() == {"purged": 1}
+            after = await client.get("/quotes/ACME")
+            assert after.headers["cache-status"].startswith("redis-cache; fwd=uri-miss")
+    finally:
+        await cache.aclose()
+        await redis.aclose()
+
+
+def test_token_comes_from_the_environment_or_is_made_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TOKEN_VARIABLE, TOKEN)
+    assert token_from_env() == TOKEN
+    monkeypatch.setenv(TOKEN_VARIABLE, "")
+    made_up = token_from_env()
+    assert len(made_up) >= 16 and made_up != token_from_env()
+    monkeypatch.setenv(TOKEN_VARIABLE, "short")
+    with pytest.raises(ConfigError, match=r"^token \(CACHE_PURGE_TOKEN\): at least 16 char"):
+        create_app(RedisCache(fakeredis.FakeAsyncRedis(), namespace="example"))
+
+
+# -- python -m example_app: its Redis stand-in is reachable from outside ------------------
+
+
+def test_embedded_redis_is_reachable_by_url_from_another_client(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with EmbeddedRedis(port=0) as embedded:
+        assert embedded.port != 0
+        assert embedded.url == f"redis://127.0.0.1:{embedded.port}/0"
+
+        async def fill_and_look() -> int:
+            cache = RedisCache.from_url(embedded.url, namespace=NAMESPACE)
+            app = create_app(cache, token=TOKEN, upstream_latency=0.01)
+            transport = httpx.ASGITransport(app=app)
+            try:
+                async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+                    first = await client.get("/quotes/ACME")
+                    assert first.headers["cache-status"].endswith("; stored")
+            finally:
+                await cache.aclose()
+            # Another client, as another process would open it.
+            async with RedisCache.from_url(embedded.url, namespace=NAMESPACE) as reader:
+                return len(await reader.inspect_url(f"{BASE_URL}/quotes/ACME"))
+
+        assert asyncio.run(fill_and_look()) == 1
+        assert cli.main(["--redis-url", embedded.url, "--namespace", NAMESPACE, "stats"]) == 0
+        assert "entries     1" in capsys.readouterr().out
+    # Stopped: nothing listens there any more.
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", embedded.port)) != 0
+
+
+def test_a_taken_port_is_said_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PortInUse, match=f"127.0.0.1:{port} is taken"):
+            EmbeddedRedis(port).start()
+        monkeypatch.delenv("REDIS_URL", raising=False)
+        with pytest.raises(SystemExit) as stopped:
+            example_main(["--port", "0", "--redis-port", str(port)])
+        assert "pass --redis-port 0" in str(stopped.value.code)
+
+
+def test_banner_says_where_everything_is() -> None:
+    text = banner(
+        host="127.0.0.1",
+        port=8000,
+        redis_url="redis://127.0.0.1:6399/0",
+        embedded=True,
+        token=TOKEN,
+    )
+    assert "namespace   example" in text
+    assert "redis://127.0.0.1:6399/0 (fakeredis in this process" in text
+    assert f"X-Cache-Bypass: {TOKEN}" in text
+    assert text.endswith(f"export REDIS_URL=redis://127.0.0.1:6399/0 TOKEN={TOKEN}")
+    # A token from the environment is not printed, nor a Redis password.
+    chosen = banner(
+        host="0.0.0.0", port=80, redis_url="redis://u:secret@db:6379/0", embedded=False, token=None
+    )
+    assert "secret" not in chosen and "<the token>" in chosen
+    assert "redis://u:***@db:6379/0 (from REDIS_URL)" in chosen

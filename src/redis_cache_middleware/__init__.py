@@ -11,17 +11,20 @@ from .config import NEVER, CacheConfig
 from .entry import CachedEntry
 from .exceptions import CacheError, ConfigError
 from .middleware import CacheMiddleware
+from .route import CacheHeaders, cache_headers
 from .stats import CacheStats
 
 __all__ = [
     "NEVER",
     "CacheConfig",
     "CacheError",
+    "CacheHeaders",
     "CacheMiddleware",
     "CacheStats",
     "CachedEntry",
     "ConfigError",
     "RedisCache",
+    "cache_headers",
 ]
 
 __version__ = "0.1.0"
