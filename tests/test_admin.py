@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -108,3 +109,49 @@ async def test_lifespan_startup_warms_the_cache_up(redis_client: Any, namespace:
     await middleware({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
     assert seen == ["lifespan.startup", "lifespan.shutdown"]
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+@pytest.mark.parametrize("freeze_gc", [True, False])
+async def test_startup_heap_is_frozen_once_the_app_has_started(
+    redis_client: Any, namespace: str, freeze_gc: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis_cache_middleware import middleware as middleware_module
+
+    monkeypatch.setattr(middleware_module, "_frozen", False)
+    gc.unfreeze()
+    cache = RedisCache(redis_client, namespace=namespace)
+    frozen_at_startup: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                # Not yet: the app's own startup objects are made before it says complete.
+                frozen_at_startup.append(gc.get_freeze_count())
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def run_lifespan() -> None:
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+        async def receive() -> Any:
+            return next(messages)
+
+        async def send(message: Any) -> None:
+            pass
+
+        middleware = CacheMiddleware(app, cache=cache, freeze_gc=freeze_gc)
+        await middleware({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+
+    try:
+        await run_lifespan()
+        assert frozen_at_startup == [0]
+        frozen = gc.get_freeze_count()
+        assert (frozen > 0) is freeze_gc
+        # Once a process: a second app (or middleware) does not freeze again.
+        await run_lifespan()
+        assert gc.get_freeze_count() <= frozen  # frozen objects freed since go from the count
+    finally:
+        gc.unfreeze()

@@ -145,6 +145,8 @@ def names_option(option: str) -> str:
         pytest.param("heuristic_max_ttl", -1, id="heuristic_max_ttl-negative"),
         pytest.param("heuristic_max_ttl", math.inf, id="heuristic_max_ttl-inf"),
         pytest.param("heuristic_max_ttl", None, id="heuristic_max_ttl-none"),
+        pytest.param("freeze_gc", "yes", id="freeze_gc-str"),
+        pytest.param("freeze_gc", 1, id="freeze_gc-int"),
     ],
 )
 def test_middleware_bad_option_raises(cache: RedisCache, option: str, value: object) -> None:
@@ -257,6 +259,7 @@ MIDDLEWARE_DEFAULTS: dict[str, object] = {
     "heuristic_freshness": False,
     "heuristic_fraction": 0.1,
     "heuristic_max_ttl": 86400,
+    "freeze_gc": True,
 }
 
 

@@ -171,6 +171,7 @@ class CacheConfig:
     heuristic_freshness: bool = False
     heuristic_fraction: float = DEFAULT_HEURISTIC_FRACTION
     heuristic_max_ttl: float = DEFAULT_HEURISTIC_MAX_TTL
+    freeze_gc: bool = True
 
     # Derived at construction.
     rule_matchers: tuple[tuple[PathMatcher, float | None], ...] = field(init=False)
@@ -305,7 +306,7 @@ class CacheConfig:
             raise ConfigError(
                 f"purge_path must be a path starting with '/'; got {self.purge_path!r}"
             )
-        for option in ("share_cookie_requests", "invalidate_locations"):
+        for option in ("share_cookie_requests", "invalidate_locations", "freeze_gc"):
             if not isinstance(getattr(self, option), bool):
                 raise ConfigError(f"{option} must be True or False")
         if isinstance(self.ignore_cookies, str) or not isinstance(

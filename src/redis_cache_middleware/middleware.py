@@ -20,6 +20,7 @@ never causes a 500.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Collection, Mapping, Sequence
 
@@ -102,6 +103,7 @@ class CacheMiddleware:
         heuristic_freshness: bool = False,
         heuristic_fraction: float = policy.DEFAULT_HEURISTIC_FRACTION,
         heuristic_max_ttl: float = policy.DEFAULT_HEURISTIC_MAX_TTL,
+        freeze_gc: bool = True,
     ) -> None:
         if not isinstance(cache, RedisCache):
             raise ConfigError(f"cache must be a RedisCache; got {type(cache).__name__}")
@@ -145,6 +147,7 @@ class CacheMiddleware:
             heuristic_freshness=heuristic_freshness,
             heuristic_fraction=heuristic_fraction,
             heuristic_max_ttl=heuristic_max_ttl,
+            freeze_gc=freeze_gc,
         )
         if ignore_query_params:
             cache.ignore_query_params(list(ignore_query_params))
@@ -277,9 +280,17 @@ class CacheMiddleware:
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Lifespan (connect at startup, drain refreshes at shutdown); websockets pass."""
         if scope["type"] == "lifespan":
-            await self.app(scope, self._lifespan_receive(receive), send)
+            await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
         else:
             await self.app(scope, receive, send)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete" and self.config.freeze_gc:
+                freeze_startup_heap()
+            await send(message)
+
+        return wrapped
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
@@ -293,3 +304,26 @@ class CacheMiddleware:
             return message
 
         return wrapped
+
+
+#: Whether this process froze its startup heap (``freeze_startup_heap``).
+_frozen = False
+
+
+def freeze_startup_heap() -> None:
+    """Once a process, when the app has started: collect, then move every object alive now
+    (the app's modules, routes, models: what lives as long as the process) out of the
+    garbage collector's reach (``gc.freeze``).
+
+    A worker serving many requests at once keeps their objects alive across each await;
+    every collection of the youngest generations promotes them, and every tenth or so of
+    those then makes a full collection, which walks the whole heap: tens of milliseconds on a
+    FastAPI app, for every request in flight. That was the hit tail (``docs/performance.md``).
+    Frozen, the startup heap is no longer walked. ``freeze_gc=False`` leaves the collector
+    alone."""
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
+    gc.collect()
+    gc.freeze()
