@@ -146,6 +146,69 @@ async def test_purge_url_prefix_is_that_host_only(
     assert await states(real_cache, urls, origin) == ["miss", "hit"]
 
 
+async def test_url_tag_and_prefix_combine_in_one_purge(
+    real_cache: RedisCache, cli_args: list[str]
+) -> None:
+    urls = ["/a", "/t1", "/users/1", "/users2", "/c"]
+    origin = await seed(real_cache, urls)
+    args = ["purge", "--url", "http://testserver/a", "--prefix", "/users", "--tag", "a"]
+    done = await run_cli(*cli_args, "--json", *args)
+    assert_ok(done)
+    assert json.loads(done.stdout) == {"purged": 3}
+    assert await states(real_cache, urls, origin) == ["miss", "miss", "miss", "hit", "hit"]
+
+
+async def test_host_without_a_port_is_every_port_of_it(
+    real_cache: RedisCache, cli_args: list[str]
+) -> None:
+    # The case: --host 127.0.0.1 purged 0 where 127.0.0.1:8000 purged 2.
+    urls = [
+        "http://127.0.0.1:8000/users/1",
+        "http://127.0.0.1:8000/users/2",
+        "http://127.0.0.1:9000/users/3",
+        "http://127.0.0.2:8000/users/4",
+    ]
+    origin = await seed(real_cache, urls)
+    done = await run_cli(*cli_args, "purge", "--prefix", "/users", "--host", "127.0.0.1:9000")
+    assert_ok(done)
+    assert done.stdout == "purged 1 entry\n"
+    done = await run_cli(*cli_args, "purge", "--prefix", "/users", "--host", "127.0.0.1")
+    assert_ok(done)
+    assert done.stdout == "purged 2 entries\n"
+    assert await states(real_cache, urls, origin) == ["miss", "miss", "miss", "hit"]
+
+
+async def test_host_aliases_on_the_command_line(
+    real_cache: RedisCache, cli_args: list[str]
+) -> None:
+    # The app keys localhost:8000 as 127.0.0.1:8000; told so, the command line does too.
+    real_cache.alias_hosts({"localhost:8000": "127.0.0.1:8000"})
+    urls = ["http://127.0.0.1:8000/a", "http://127.0.0.1:8000/p/1", "http://127.0.0.1:8000/q/1"]
+    origin = await seed(real_cache, urls)
+    alias = ["--host-alias", "LOCALHOST:8000=127.0.0.1:8000"]
+    done = await run_cli(*cli_args, *alias, "--json", "inspect", "http://localhost:8000/a")
+    assert_ok(done)
+    assert json.loads(done.stdout)["cached"] is True
+    # Without the alias, localhost:8000 is another host, with nothing stored.
+    done = await run_cli(*cli_args, "purge", "--url", "http://localhost:8000/a")
+    assert done.stdout == "purged 0 entries\n"
+    done = await run_cli(
+        *cli_args,
+        *alias,
+        "purge",
+        "--url",
+        "http://localhost:8000/a",
+        "--prefix",
+        "http://localhost:8000/p",
+    )
+    assert_ok(done)
+    assert done.stdout == "purged 2 entries\n"
+    done = await run_cli(*cli_args, *alias, "purge", "--prefix", "/q", "--host", "localhost")
+    assert_ok(done)
+    assert done.stdout == "purged 1 entry\n"
+    assert await states(real_cache, urls, origin) == ["miss", "miss", "miss"]
+
+
 async def test_purge_all(real_cache: RedisCache, cli_args: list[str], namespace: str) -> None:
     urls = ["/a", "/t1", "http://other.example/b"]
     origin = await seed(real_cache, urls)
@@ -297,7 +360,8 @@ async def test_stats_says_when_sampled(real_cache: RedisCache, cli_args: list[st
     done = await run_cli(*cli_args, "stats", "--sample", "1")
     assert_ok(done)
     lines = done.stdout.splitlines()
-    assert "entries     3" in lines
+    assert "entries      3" in lines
+    assert re.fullmatch(r"keys scanned \d+", lines[-1])
     assert any(
         line.startswith("bytes ") and line.endswith("estimated from a sample of the entries")
         for line in lines
@@ -351,9 +415,9 @@ async def test_malformed_redis_url_is_exit_2(url: str) -> None:
     [
         ([], "the following arguments are required: COMMAND"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
-        (["purge"], "one of the arguments --url --tag --prefix --all is required"),
-        (["purge", "--url", "http://x/a", "--tag", "b"], "not allowed with argument"),
-        (["purge", "--all", "--tag", "b"], "not allowed with argument"),
+        (["purge"], "purge: give --url, --tag or --prefix (they combine), or --all"),
+        (["purge", "--all", "--tag", "b"], "--all: clears everything, so it goes alone"),
+        (["purge", "--url", "http://x/a", "--all"], "goes alone, not with --url"),
         (["purge", "--url", "/a"], "--url: expected an absolute http(s) URL, got '/a'"),
         (["purge", "--prefix", "users"], "--prefix: expected a path starting with '/'"),
         (["purge", "--tag", "b", "--host", "x"], "--host: only goes with --prefix"),
@@ -361,6 +425,13 @@ async def test_malformed_redis_url_is_exit_2(url: str) -> None:
             ["purge", "--prefix", "http://x/a", "--host", "x"],
             "--host: only goes with path prefixes, not URLs",
         ),
+        (["purge", "--prefix", "/a", "--host", "http://x/"], "--host: expected a host"),
+        (["purge", "--prefix", "/a", "--host", ""], "--host: expected a host"),
+        (["purge", "--prefix", "/a", "--host", "a@b"], "--host: expected a host"),
+        (["--host-alias", "localhost", "stats"], "--host-alias: expected SPELLING=HOST"),
+        (["--host-alias", "a=http://b/", "stats"], "--host-alias: 'http://b/' is not a host"),
+        (["--host-alias", "a=b", "--host-alias", "b=c", "stats"], "itself an alias"),
+        (["--host-alias", "a=b", "--host-alias", "a=c", "stats"], "'a' is given two hosts"),
         (["inspect"], "the following arguments are required: URL"),
         (["inspect", "testserver/a"], "URL: expected an absolute http(s) URL"),
         (["stats", "--sample", "0"], "must be at least 1, got 0"),
@@ -389,7 +460,7 @@ def test_main_in_process_returns_the_exit_status(capsys: pytest.CaptureFixture[s
     from redis_cache_middleware.cli import main
 
     assert main(["purge"]) == 2
-    assert "one of the arguments" in capsys.readouterr().err
+    assert "purge: give --url, --tag or --prefix" in capsys.readouterr().err
     url = f"redis://127.0.0.1:{free_port()}/0"
     assert main(["--redis-url", url, "stats"]) == 2
     assert capsys.readouterr().err.startswith(f"error: cannot reach Redis at {url}: ")

@@ -643,16 +643,35 @@ async def test_miss_leaves_no_lock_behind_and_second_process_collapses(
     assert await redis_client.exists(keys.lock_key(keys.url_key(cache.namespace, 0, uhash))) == 0
 
 
-async def test_head_and_only_if_cached_take_no_lock(cache: RedisCache, redis_client: Any) -> None:
+async def test_only_if_cached_takes_no_lock(cache: RedisCache, redis_client: Any) -> None:
     origin = Origin()
     async with make_client(cache, origin, default_ttl=60) as client:
-        head = await client.head("/h")
         refused = await client.get("/o", headers={"cache-control": "only-if-cached"})
-    assert head.status_code == 200 and refused.status_code == 504
-    for path in ("/h", "/o"):
-        uhash = cache.url_hash("http", b"testserver", path, b"")
-        lock = keys.lock_key(keys.url_key(cache.namespace, 0, uhash))
-        assert await redis_client.exists(lock) == 0, path
+    assert refused.status_code == 504
+    uhash = cache.url_hash("http", b"testserver", "/o", b"")
+    lock = keys.lock_key(keys.url_key(cache.namespace, 0, uhash))
+    assert await redis_client.exists(lock) == 0
+    assert origin.calls["/o"] == 0
+
+
+async def test_a_head_miss_fills_under_the_lock_and_a_get_collapses_into_it(
+    cache: RedisCache, redis_client: Any
+) -> None:
+    # A HEAD miss is a fill like a GET's (the app gets a GET): another process's GET waits.
+    origin = SlowOrigin(0.2)
+    async with (
+        make_client(cache, origin, default_ttl=60) as one,
+        make_client(cache, origin, default_ttl=60) as two,
+    ):
+        head = asyncio.ensure_future(one.head("/hl"))
+        await asyncio.sleep(0.1)
+        get = await two.get("/hl")
+        filled = await head
+    assert origin.calls["/hl"] == 1
+    assert filled.headers["cache-status"].endswith("; stored") and filled.content == b""
+    assert "collapsed" in get.headers["cache-status"] and get.content.startswith(b"/hl?")
+    uhash = cache.url_hash("http", b"testserver", "/hl", b"")
+    assert await redis_client.exists(keys.lock_key(keys.url_key(cache.namespace, 0, uhash))) == 0
 
 
 # INFO commandstats is a real single Redis's: fakeredis has none, a cluster spreads them.

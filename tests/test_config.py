@@ -12,6 +12,8 @@ from typing import Any
 
 import fakeredis
 import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from redis_cache_middleware import (
     NEVER,
@@ -76,6 +78,9 @@ def names_option(option: str) -> str:
         pytest.param("ignore_query_params", "utm_*", id="ignore_query_params-bare-string"),
         pytest.param("ignore_query_params", [""], id="ignore_query_params-empty"),
         pytest.param("ignore_query_params", [1], id="ignore_query_params-int"),
+        pytest.param("host_aliases", "localhost=127.0.0.1", id="host_aliases-str"),
+        pytest.param("host_aliases", {"localhost": "http://127.0.0.1"}, id="host_aliases-url"),
+        pytest.param("host_aliases", {"a": "b", "b": "c"}, id="host_aliases-chain"),
         pytest.param("max_body_size", -1, id="max_body_size-negative"),
         pytest.param("max_body_size", 1.5, id="max_body_size-float"),
         pytest.param("max_body_size", "1000", id="max_body_size-str"),
@@ -220,6 +225,74 @@ def test_middleware_good_options_accepted(cache: RedisCache) -> None:
     assert config.is_excluded("/internal/x")
 
 
+# -- misspelt options --------------------------------------------------------------------
+
+
+def test_a_misspelt_option_is_named_with_the_nearest_one(cache: RedisCache) -> None:
+    options: dict[str, Any] = {"defualt_ttl": 60}
+    with pytest.raises(ConfigError) as info:
+        CacheMiddleware(app, cache=cache, **options)
+    assert str(info.value) == (
+        "defualt_ttl: unknown option of CacheMiddleware; did you mean 'default_ttl'?"
+    )
+
+
+def test_every_unknown_option_is_named(cache: RedisCache) -> None:
+    options: dict[str, Any] = {"vary": ["X-Tenant"], "zzz": 1}
+    with pytest.raises(ConfigError, match=names_option("vary")) as info:
+        CacheMiddleware(app, cache=cache, **options)
+    assert "vary: unknown option of CacheMiddleware; did you mean 'vary_on'?" in str(info.value)
+    assert "zzz: unknown option of CacheMiddleware (see CacheMiddleware's options)" in str(
+        info.value
+    )
+
+
+def test_a_missing_cache_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"^cache: a required option \(the RedisCache to use\)$"):
+        CacheMiddleware(app)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+def test_a_misspelt_option_is_named_when_the_app_builds_its_stack(
+    cache: RedisCache, framework: str
+) -> None:
+    # add_middleware only keeps the options: the middleware is made when the stack is
+    # built (at the first request or lifespan), which is where the error comes from.
+    asgi_app = FastAPI() if framework == "fastapi" else Starlette()
+    options: dict[str, Any] = {"defualt_ttl": 60}
+    asgi_app.add_middleware(CacheMiddleware, cache=cache, **options)
+    with pytest.raises(ConfigError, match=r"^defualt_ttl: .*did you mean 'default_ttl'\?$"):
+        asgi_app.build_middleware_stack()
+
+
+def test_a_subclass_with_options_of_its_own_is_checked_against_them(cache: RedisCache) -> None:
+    class Tenanted(CacheMiddleware):
+        def __init__(self, app: Any, *, tenant: str, **options: Any) -> None:
+            super().__init__(app, **options)
+            self.tenant = tenant
+
+    class Named(CacheMiddleware):
+        def __init__(self, app: Any, *, cache: RedisCache, label: str = "") -> None:
+            super().__init__(app, cache=cache)
+            self.label = label
+
+    # A subclass taking **options: its own __init__ says what it takes.
+    assert Tenanted(app, tenant="a", cache=cache, default_ttl=5).config.default_ttl == 5
+    assert Named(app, cache=cache, label="x").label == "x"
+    with pytest.raises(ConfigError, match=r"^lable: unknown option of Named; did you mean 'label'"):
+        Named(app, cache=cache, lable="x")  # type: ignore[call-arg]
+
+
+def test_the_signature_is_the_options_one(cache: RedisCache) -> None:
+    # What inspect (help(), IDEs, docs) shows of the class: __init__'s options.
+    parameters = inspect.signature(CacheMiddleware).parameters
+    assert list(parameters)[:3] == ["app", "cache", "default_ttl"]
+    assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    # An instance's signature is its __call__'s, as an ASGI app's.
+    instance = CacheMiddleware(app, cache=cache)
+    assert list(inspect.signature(instance).parameters) == ["scope", "receive", "send"]
+
+
 #: Every CacheMiddleware option's default, as README.md's "Options" table states it.
 MIDDLEWARE_DEFAULTS: dict[str, object] = {
     "default_ttl": None,
@@ -227,6 +300,7 @@ MIDDLEWARE_DEFAULTS: dict[str, object] = {
     "exclude": (),
     "vary_on": (),
     "ignore_query_params": (),
+    "host_aliases": {},
     "max_body_size": 1048576,
     "cacheable_statuses": frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501}),
     "cache_set_cookie": False,

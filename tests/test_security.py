@@ -194,6 +194,36 @@ async def test_duplicate_host_headers_cannot_poison_the_single_host_entry(
     assert origin.calls["/page"] == 3
 
 
+@pytest.mark.parametrize(
+    "attack_hosts",
+    [
+        [EVIL],
+        [f"www.{SITE}.{EVIL}"],  # a declared spelling as a prefix
+        [f"x.www.{SITE}"],  # ...as a suffix
+        [f"www.{SITE}:8080"],  # ...on a port it was not declared with
+        [f"{EVIL}:80"],
+        [EVIL, f"www.{SITE}"],  # two Host lines: the app reads the first
+        [f"www.{SITE}", EVIL],
+    ],
+    ids=["evil", "alias-prefix", "alias-suffix", "alias-other-port", "evil-80", "two-a", "two-b"],
+)
+async def test_host_aliases_admit_only_the_declared_spellings(
+    cache: RedisCache, attack_hosts: list[str]
+) -> None:
+    # host_aliases shares the site's entries with its declared spellings only: any other Host,
+    # however close, keeps entries of its own, and never lands in the site's.
+    origin = Origin(render=lambda r: f"<a href='http://{r.headers['host']}/login'>")
+    aliases = {f"www.{SITE}": SITE}
+    async with client_for(cache, origin, host_aliases=aliases) as client:
+        attack = await client.get("/page", headers=[("host", h) for h in attack_hosts])
+        victim = await client.get("/page", headers={"host": SITE})
+        www = await client.get("/page", headers={"host": f"WWW.{SITE}:80"})
+    assert status_of(attack).endswith("; stored")
+    assert not is_hit(victim) and victim.text.startswith(f"<a href='http://{SITE}/login'>")
+    assert is_hit(www) and www.content == victim.content
+    assert origin.calls["/page"] == 2
+
+
 def reflect_forwarded_host(request: Request) -> str:
     host = request.headers.get("x-forwarded-host") or request.headers["host"]
     return f"<script src='https://{host}/app.js'></script>"

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from . import policy
 from ._types import RawHeaders, Scope
 from .config import CacheConfig
-from .keys import normalise_host
 from .stats import logger
 from .vary_values import FIELDS, normalise
 
@@ -80,7 +79,7 @@ def admit(scope: Scope, config: CacheConfig, cache: RedisCache) -> Request | Non
         )
         if directives.no_store or directives.no_cache:
             # The client asked us not to answer from the cache.
-            coalesced = config.coalesce and request.method == "GET" and not request.private
+            coalesced = config.coalesce and not request.private
             request.route = Route.RELOAD if coalesced and not directives.no_store else Route.ALONE
     return request
 
@@ -203,11 +202,6 @@ class Request:
         #: Whether the request carries credentials or cookies: its page may be its user's
         #: own, so it neither waits on nor fills for others (no coalescing).
         self.private = self.has_authorization or self.has_cookie or bool(self.credentials)
-
-    @property
-    def host_key(self) -> bytes:
-        """Return the host as keys use it: lowercase, without the scheme's default port."""
-        return normalise_host(self.host, self.scheme)
 
     @property
     def is_conditional(self) -> bool:

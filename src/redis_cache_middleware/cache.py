@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -330,6 +330,20 @@ class RedisCache:
         """
         self.has_ignored_query = self._url_keys.ignore_query_params(patterns)
 
+    def alias_hosts(self, aliases: Mapping[str, str]) -> None:
+        """Key requests for each host spelling as requests for its canonical host, in
+        lookups, stores, purges (``purge_url``, ``purge_prefix``), ``inspect_url`` and the
+        middleware's invalidations: ``{"localhost:8000": "127.0.0.1:8000"}``. Added to the
+        aliases given before (the middleware's ``host_aliases``); ``ConfigError`` when a
+        spelling would name two hosts, or a canonical host is an alias itself.
+        """
+        self._url_keys.alias_hosts(aliases)
+
+    def key_host(self, host: bytes, scheme: str) -> bytes:
+        """Return a request's host as keys hold it (``UrlKeys.key_host``): lowercase, without
+        the scheme's default port, an alias replaced by its canonical host."""
+        return self._url_keys.key_host(host, scheme)
+
     def app_query(self, query_string: bytes) -> bytes:
         """Return the raw query as keys see it: without the ignored parameters."""
         return self._url_keys.app_query(query_string)
@@ -447,10 +461,13 @@ class RedisCache:
         """Remove every entry whose path is under a path-segment prefix; return how many.
 
         ``/users`` removes ``/users`` (any query) and ``/users/...``, not ``/users2``. With
-        ``host`` (``example.com`` or ``example.com:8080``) only that host's entries go;
-        without, every host's. Reads the index kept at store time, never the keyspace.
+        ``host`` only that host's entries go: ``example.com:8080`` that port,
+        ``example.com`` its default ports, ``example.com:*`` every port; a host alias
+        (``alias_hosts``) stands for its canonical host. Without, every host's. Reads the
+        index kept at store time, never the keyspace.
         """
-        return await self._purger.purge_prefix(path_prefix, host)
+        hosts, any_port = self._url_keys.prefix_hosts(host) if host is not None else ([], None)
+        return await self._purger.purge_prefix(path_prefix, host, hosts, any_port)
 
     @_admin
     async def clear(self) -> None:

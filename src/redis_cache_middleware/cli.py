@@ -6,12 +6,17 @@
     redis-cache purge --tag product-1 --tag product-2
     redis-cache purge --prefix /products [--host shop.example]
     redis-cache purge --prefix https://shop.example/products
+    redis-cache purge --url https://shop.example/ --tag products --prefix /search
     redis-cache purge --all
+    redis-cache --host-alias localhost:8000=127.0.0.1:8000 purge --url http://localhost:8000/
     redis-cache inspect https://shop.example/products/1
     redis-cache stats [--sample N]
 
 Also ``python -m redis_cache_middleware``. ``--redis-url`` defaults to ``$REDIS_URL``, else
-``redis://localhost:6379/0``. ``--json`` prints one JSON document per command.
+``redis://localhost:6379/0``. ``--json`` prints one JSON document per command. ``--url``,
+``--tag`` and ``--prefix`` combine in one purge; ``--all`` goes alone. ``--host`` is a host as
+typed: ``127.0.0.1`` (every port of it) or ``127.0.0.1:8000`` (that port).
+``--host-alias SPELLING=HOST`` declares the app's ``host_aliases`` to this command.
 
 Exit status: 0 done; 2 bad arguments, a malformed URL, or a Redis that cannot be reached
 (``error: cannot reach Redis at <url>: <reason>`` on stderr); 1 any other failure.
@@ -37,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .cache import EntryInfo, NamespaceStats, RedisCache
 from .exceptions import ConfigError
-from .keys import NAMESPACE_RE
+from .keys import HOST_RE, NAMESPACE_RE, host_alias_table, split_port
 from .purge import BadRequest, check_prefix, check_url
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -80,22 +85,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--namespace", default="cache", help="the cache's namespace (default: %(default)s)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--host-alias",
+        action="append",
+        default=[],
+        metavar="SPELLING=HOST",
+        help="the app's host_aliases: URLs and hosts given as SPELLING mean HOST (repeatable)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    purge = commands.add_parser("purge", help="remove entries by URL, tag or path prefix")
-    what = purge.add_mutually_exclusive_group(required=True)
-    what.add_argument(
+    purge = commands.add_parser(
+        "purge",
+        help="remove entries by URL, tag and path prefix (combined in one call), or all",
+        description=(
+            "Remove entries: --url, --tag and --prefix may be repeated and combined in one"
+            " call (the count is their sum); --all clears the namespace and goes alone."
+        ),
+    )
+    purge.add_argument(
         "--url", action="append", metavar="URL", help="an absolute URL: all its variants"
     )
-    what.add_argument("--tag", action="append", metavar="TAG", help="every entry with the tag")
-    what.add_argument(
+    purge.add_argument("--tag", action="append", metavar="TAG", help="every entry with the tag")
+    purge.add_argument(
         "--prefix",
         action="append",
         metavar="PREFIX",
         help="a path (/users: /users, /users/..., not /users2) or an absolute URL (that host)",
     )
-    what.add_argument("--all", action="store_true", help="clear the whole namespace")
-    purge.add_argument("--host", help="with a path --prefix: only this host's entries")
+    purge.add_argument("--all", action="store_true", help="clear the whole namespace (alone)")
+    purge.add_argument(
+        "--host",
+        help=(
+            "with a path --prefix: only this host's entries; 127.0.0.1 is every port of it,"
+            " 127.0.0.1:8000 that port"
+        ),
+    )
 
     inspect = commands.add_parser("inspect", help="show what is stored for a URL")
     inspect.add_argument("url", metavar="URL", help="an absolute http(s) URL")
@@ -147,9 +171,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> None:
-    """Check what argparse cannot: URL shapes, and --host only with path prefixes."""
+    """Check what argparse cannot: what to purge, URL and host shapes, --host only with path
+    prefixes, the host aliases."""
     try:
+        aliases(args.host_alias)
         if args.command == "purge":
+            given = [f"--{n}" for n in ("url", "tag", "prefix") if getattr(args, n)]
+            if args.all and given:
+                raise UsageError(f"--all: clears everything, so it goes alone, not with {given[0]}")
+            if not args.all and not given:
+                raise UsageError("purge: give --url, --tag or --prefix (they combine), or --all")
             for url in args.url or ():
                 check_url(url, "--url")
             prefixes = [check_prefix(p, "--prefix") for p in args.prefix or ()]
@@ -158,8 +189,7 @@ def _check(args: argparse.Namespace) -> None:
                     raise UsageError("--host: only goes with --prefix")
                 if any(host is not None for _, host in prefixes):
                     raise UsageError("--host: only goes with path prefixes, not URLs")
-                if not args.host or "/" in args.host or "@" in args.host:
-                    raise UsageError(f"--host: expected a host name, got {args.host!r}")
+                host_arg(args.host)
             for tag in args.tag or ():
                 if not tag:
                     raise UsageError("--tag: a tag cannot be empty")
@@ -167,6 +197,37 @@ def _check(args: argparse.Namespace) -> None:
             check_url(args.url, "URL")
     except BadRequest as exc:
         raise UsageError(str(exc)) from None
+
+
+def host_arg(text: str) -> str:
+    """Return ``--host`` as ``RedisCache.purge_prefix`` takes it: a host without a port is
+    every port of it (``127.0.0.1`` -> ``127.0.0.1:*``); ``UsageError`` if it is no host."""
+    host = text.strip().lower().removesuffix("/")
+    if not HOST_RE.match(host.removesuffix(":*")):
+        raise UsageError(
+            f"--host: expected a host, such as 127.0.0.1 (every port) or 127.0.0.1:8000, "
+            f"got {text!r}"
+        )
+    if host.endswith(":*") or split_port(host.encode())[1] is not None:
+        return host
+    return f"{host}:*"
+
+
+def aliases(values: Sequence[str]) -> dict[str, str]:
+    """Return the ``--host-alias SPELLING=HOST`` values as a mapping, checked as the
+    middleware checks ``host_aliases``; ``UsageError`` naming the option."""
+    mapping: dict[str, str] = {}
+    for value in values:
+        spelling, equals, host = value.partition("=")
+        if not equals:
+            raise UsageError(f"--host-alias: expected SPELLING=HOST, got {value!r}")
+        if mapping.setdefault(spelling, host) != host:
+            raise UsageError(f"--host-alias: {spelling!r} is given two hosts")
+    try:
+        host_alias_table(mapping, "--host-alias")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return mapping
 
 
 async def _run(args: argparse.Namespace, output: Output) -> int:
@@ -187,6 +248,7 @@ async def _run(args: argparse.Namespace, output: Output) -> int:
         )
         return EXIT_USAGE
     try:
+        cache.alias_hosts(aliases(args.host_alias))
         if args.command == "purge":
             await _purge(cache, args, output)
         elif args.command == "inspect":
@@ -223,7 +285,9 @@ async def _purge(cache: RedisCache, args: argparse.Namespace, output: Output) ->
         purged += await cache.purge_tag(*args.tag)
     for prefix in args.prefix or ():
         path, host = check_prefix(prefix, "--prefix")
-        purged += await cache.purge_prefix(path, host=host if host is not None else args.host)
+        if host is None and args.host is not None:
+            host = host_arg(args.host)
+        purged += await cache.purge_prefix(path, host=host)
     if output.as_json:
         output.json({"purged": purged})
     else:
@@ -307,13 +371,18 @@ def _show_stats(namespace: str, stats: NamespaceStats, output: Output) -> None:
             }
         )
         return
-    output.line(f"namespace   {namespace}")
-    output.line(f"entries     {stats.entries}")
     size = f"{stats.bytes} bytes ({human_bytes(stats.bytes)})"
     if stats.sampled:
         size += ", estimated from a sample of the entries"
-    output.line(f"bytes       {size}")
-    output.line(f"keys seen   {stats.keys_scanned}")
+    # The names of the JSON document's fields, spelt for people.
+    rows = [
+        ("namespace", namespace),
+        ("entries", str(stats.entries)),
+        ("bytes", size),
+        ("keys scanned", str(stats.keys_scanned)),
+    ]
+    for name, value in rows:
+        output.line(f"{name:<12} {value}")
 
 
 def iso_utc(timestamp: float) -> str:

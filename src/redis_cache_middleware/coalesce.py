@@ -146,7 +146,7 @@ class Miss:
         did: one it ACQUIRED is this request's to fill under at once, or to give back."""
         request = self.request
         config = self.ctx.config
-        if not config.coalesce or request.method != "GET" or request.private:
+        if not config.coalesce or request.private:
             await self._forward_alone()
             return
         owns_lock = tried is not None and tried[1] == ACQUIRED

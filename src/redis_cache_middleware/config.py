@@ -10,10 +10,11 @@ import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from fnmatch import translate
 
 from .exceptions import ConfigError
-from .keys import make_query_filter
+from .keys import host_alias_table, make_query_filter
 from .policy import DEFAULT_HEURISTIC_FRACTION, DEFAULT_HEURISTIC_MAX_TTL, HEURISTIC_STATUSES
 
 #: The shortest purge token accepted (the purge endpoint can empty the cache).
@@ -73,6 +74,18 @@ class PathMatcher:
         if isinstance(self.source, str):
             return self.regex.match(path) is not None  # translate() anchors both ends
         return self.regex.search(path) is not None
+
+
+def check_option_names(owner: str, given: Collection[str], known: Collection[str]) -> None:
+    """Raise ``ConfigError`` naming each of ``given`` that is not an option of ``owner``,
+    with the nearest known name when one is close (``defualt_ttl``: ``default_ttl``)."""
+    problems = []
+    for name in sorted(set(given) - set(known)):
+        near = get_close_matches(name, sorted(known), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else f" (see {owner}'s options)"
+        problems.append(f"{name}: unknown option of {owner}{hint}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def _seconds(option: str, value: object, *, allow_none: bool) -> float | None:
@@ -139,6 +152,7 @@ class CacheConfig:
     exclude: Sequence[Pattern] = ()
     vary_on: Sequence[str] = ()
     ignore_query_params: Sequence[str] = ()
+    host_aliases: Mapping[str, str] = field(default_factory=dict)
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     cacheable_statuses: Collection[int] = HEURISTIC_STATUSES
     cache_set_cookie: bool = False
@@ -217,6 +231,7 @@ class CacheConfig:
         for p in self.ignore_query_params:
             if not isinstance(p, str) or not p:
                 raise ConfigError(f"ignore_query_params: {p!r} is not a non-empty string")
+        host_alias_table(self.host_aliases)
         if (
             isinstance(self.max_body_size, bool)
             or not isinstance(self.max_body_size, int)

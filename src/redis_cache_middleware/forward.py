@@ -76,9 +76,7 @@ class Forward:
         self.fwd = fwd
         self.detail = detail
         self.extra = extra
-        self.store = store and request.method == "GET"
-        if store and request.method == "HEAD" and detail is None:
-            self.detail = "head"
+        self.store = store
         self.fallback = fallback
         self.revalidate = revalidate if self.store else None
         self.fill = fill
@@ -120,6 +118,8 @@ class Forward:
     async def run(self, scope: Scope, receive: Receive, send: Send) -> Outcome:
         """Run the app for this request and deliver (and maybe store) its response; return
         how it ended."""
+        if self.store and self.request.method == "HEAD":  # a fill: ``get_for_head``
+            scope, send = get_for_head(scope), without_body(send)
         self.send = send
         if self.revalidate is not None:
             scope = with_validators(scope, self.revalidate)
@@ -392,3 +392,30 @@ class Forward:
         status = self._cache_status(stored, detail).decode()
         await replay(refreshed, refreshed.age(now), self.request, status, self.send)
         return stored
+
+
+#: Request fields a HEAD sent to the app as a GET goes without: range handling is defined
+#: for GET only (RFC 9110 14.2), so the HEAD's answer, and the entry, are the whole 200.
+_HEAD_ONLY_FIELDS = (b"range", b"if-range")
+
+
+def get_for_head(scope: Scope) -> Scope:
+    """Return the scope of a HEAD as the GET the app is sent to fill the cache (as Varnish
+    does): its whole answer is stored, and the client gets the GET's status and headers
+    (``Content-Length`` of the whole body included) without the body (``without_body``)."""
+    headers = [(k, v) for k, v in scope["headers"] if k not in _HEAD_ONLY_FIELDS]
+    return {**scope, "method": "GET", "headers": headers}
+
+
+def without_body(send: Send) -> Send:
+    """Return a ``send`` that passes a response on without its body bytes, for a HEAD the
+    app answered as a GET: each body message goes empty, and a file (``pathsend``) too."""
+
+    async def send_headers(message: Message) -> None:
+        if message["type"] == "http.response.pathsend":
+            message = {"type": "http.response.body", "body": b""}
+        elif message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_headers

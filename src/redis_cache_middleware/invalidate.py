@@ -10,6 +10,7 @@ hook, behind the response.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from logging import DEBUG
 from urllib.parse import quote, unquote, urlsplit
 
@@ -17,7 +18,6 @@ from ._types import Message, RawHeaders, Receive, Scope, Send
 from .cache import PurgeEvent
 from .context import Context
 from .guard import Skipped, guarded
-from .keys import normalise_host
 from .stats import logger
 
 #: The methods RFC 9110 9.2.1 defines as safe. Every other one, a method of unknown safety
@@ -63,9 +63,10 @@ class Invalidate:
         host = b"\x00".join(v for k, v in scope["headers"] if k == b"host")  # as Request does
         targets = [(scope["path"], scope.get("query_string", b""))]
         locations = self.ctx.config.invalidate_locations
+        same_host = cache.key_host(host, scheme) if locations else b""
         for key, value in response_headers if locations else ():
             if bytes(key).lower() in (b"location", b"content-location"):
-                target = _same_host_target(bytes(value), scheme, host)
+                target = _same_host_target(bytes(value), scheme, same_host, cache.key_host)
                 if target is not None:
                     targets.append(target)
         uhashes = [cache.url_hash(scheme, host, path, query) for path, query in targets]
@@ -98,13 +99,16 @@ def _absolute(scheme: str, host: bytes, path: str, query: bytes) -> str:
     return f"{url}?{query.decode('latin-1')}" if query else url
 
 
-def _same_host_target(value: bytes, scheme: str, host: bytes) -> tuple[str, bytes] | None:
-    """Return ``(path, query)`` of a Location-like value on the request's host, else None."""
+def _same_host_target(
+    value: bytes, scheme: str, host: bytes, key_host: Callable[[bytes, str], bytes]
+) -> tuple[str, bytes] | None:
+    """Return ``(path, query)`` of a Location-like value on the request's host (``host``
+    as keys hold it: ``key_host``, which resolves host aliases), else None."""
     parts = urlsplit(value.decode("latin-1").strip())
     if parts.scheme or parts.netloc:
         if parts.scheme not in ("", scheme):
             return None
-        if normalise_host(parts.netloc.encode("latin-1"), scheme) != normalise_host(host, scheme):
+        if key_host(parts.netloc.encode("latin-1"), scheme) != host:
             return None
     if not parts.path.startswith("/"):
         return None  # relative references other than absolute paths are not resolved

@@ -1,10 +1,11 @@
 """Cache keys: pure functions that turn a request into bounded, unambiguous Redis keys.
 
 A URL's key is a hash of its method class (HEAD shares GET's entries), scheme, host (lowercase,
-default port dropped), path and the query's raw bytes, exactly as the client sent them: never
-percent-decoded, never reordered, so that two requests share a key only if the app cannot tell
-them apart (Starlette's ``request.url`` and ``request.query_params`` are built from these
-bytes; ``?x=%22`` and ``?x="`` are different keys). Ignored parameters are dropped from the
+default port dropped, a declared alias replaced by its canonical host: ``host_alias_table``),
+path and the query's raw bytes, exactly as the client sent them: never percent-decoded, never
+reordered, so that two requests share a key only if the app cannot tell them apart
+(Starlette's ``request.url`` and ``request.query_params`` are built from these bytes;
+``?x=%22`` and ``?x="`` are different keys). Ignored parameters are dropped from the
 raw query by name, and the middleware hands the app that same filtered query. The parts are
 encoded with msgpack before hashing, so no two different inputs share an encoding. Only hashes
 and the validated namespace reach Redis: no raw user input becomes a key, whatever its length.
@@ -32,11 +33,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from urllib.parse import unquote_plus
 
 import msgpack
+
+from .exceptions import ConfigError
 
 #: Namespaces are plain so that they can never open a hash tag or collide with our separators.
 NAMESPACE_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,64}\Z")
@@ -55,6 +58,81 @@ def normalise_host(host: bytes, scheme: str) -> bytes:
     if default is not None and host.endswith(default):
         host = host[: -len(default)]
     return host
+
+
+#: A host as an operator writes one: a name or an address (IPv6 in brackets), then maybe a port.
+HOST_RE = re.compile(r"\A(?:[a-z0-9._~!$&'()*+,;=%-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?\Z")
+
+#: Host aliases by scheme: a host as ``normalise_host`` gives it -> the canonical host, the
+#: same way normalised (``host_alias_table``).
+HostAliases = dict[str, dict[bytes, bytes]]
+
+#: The schemes whose requests a cache keys (and so whose host aliases it resolves).
+ALIASED_SCHEMES = ("http", "https")
+
+
+def split_port(host: bytes) -> tuple[bytes, bytes | None]:
+    """Return a host's name and its port, None when it names none: ``[::1]:8000`` is
+    ``([::1], 8000)``, ``example.com`` is ``(example.com, None)``."""
+    if host.startswith(b"["):
+        name, _, rest = host.partition(b"]")
+        return (name + b"]", rest[1:]) if rest.startswith(b":") else (host, None)
+    name, colon, port = host.rpartition(b":")
+    if colon and b":" not in name:
+        return name, port
+    return host, None
+
+
+def host_alias_table(aliases: object, option: str = "host_aliases") -> HostAliases:
+    """Check a mapping of host spellings to the canonical host each one is keyed as, and
+    return it by scheme, both sides normalised as keys hold hosts (lowercase, without the
+    scheme's default port), or raise ``ConfigError`` naming ``option``.
+
+    ``{"localhost:8000": "127.0.0.1:8000"}`` keys a request for ``localhost:8000`` as one for
+    ``127.0.0.1:8000``. Each side is a host name or address with an optional port; a
+    canonical host may not be an alias itself, and two spellings of one host (``a.example``
+    and ``a.example:80``, for ``http``) may not name two canonical hosts.
+    """
+    if not isinstance(aliases, Mapping):
+        raise ConfigError(
+            f"{option} must be a mapping of host -> canonical host "
+            f'(e.g. {{"localhost:8000": "127.0.0.1:8000"}}); got {aliases!r}'
+        )
+    pairs = [(_alias_host(option, s), _alias_host(option, c)) for s, c in aliases.items()]
+    table: HostAliases = {}
+    for scheme in ALIASED_SCHEMES:
+        by_host: dict[bytes, tuple[bytes, str]] = {}
+        for spelling, canonical in pairs:
+            key = normalise_host(spelling, scheme)
+            target = normalise_host(canonical, scheme)
+            if key == target:
+                continue  # a host mapped to itself: nothing to do
+            seen = by_host.get(key)
+            if seen is not None and seen[0] != target:
+                raise ConfigError(
+                    f"{option}: {spelling.decode()!r} and {seen[1]!r} are one host for "
+                    f"{scheme} ({key.decode()!r}) mapped to two canonical hosts"
+                )
+            by_host[key] = (target, spelling.decode())
+        for target, spelling_text in by_host.values():
+            if target in by_host:
+                raise ConfigError(
+                    f"{option}: {spelling_text!r} maps to {target.decode()!r}, itself an alias "
+                    f"of {by_host[target][0].decode()!r}: map it there directly"
+                )
+        table[scheme] = {key: target for key, (target, _) in by_host.items()}
+    return table
+
+
+def _alias_host(option: str, value: object) -> bytes:
+    """One side of a host alias, lowercased, or ``ConfigError`` naming ``option``."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text is None or not HOST_RE.match(text):
+        raise ConfigError(
+            f"{option}: {value!r} is not a host (a name or address, maybe with :port, "
+            "such as 'localhost:8000')"
+        )
+    return text.encode("ascii")
 
 
 def make_query_filter(patterns: Sequence[str]) -> Callable[[str], bool] | None:

@@ -21,6 +21,7 @@ never causes a 500.
 from __future__ import annotations
 
 import gc
+import inspect
 import time
 from collections.abc import Collection, Mapping, Sequence
 
@@ -44,6 +45,7 @@ from .config import (
     DEFAULT_TIMEOUT,
     CacheConfig,
     Pattern,
+    check_option_names,
 )
 from .context import Context
 from .entry import CachedEntry
@@ -58,8 +60,36 @@ from .respond import hit_status, refuse_only_if_cached, replay, replay_range
 from .stats import logger
 
 
+class _ConstructorSignature:
+    """``CacheMiddleware.__signature__``: what ``inspect.signature`` shows of the class is its
+    ``__init__``'s options, not the catch-all of ``__new__``; an instance has none of its own
+    (None: ``inspect`` reads its ``__call__``)."""
+
+    def __get__(self, instance: object, owner: type[CacheMiddleware]) -> inspect.Signature | None:
+        if instance is not None:
+            return None
+        init = inspect.signature(owner.__init__)
+        return init.replace(parameters=list(init.parameters.values())[1:])
+
+
 class CacheMiddleware:
     """Serve GET and HEAD responses from a shared Redis cache; see the README for options."""
+
+    __signature__ = _ConstructorSignature()
+
+    def __new__(cls, *args: object, **options: object) -> CacheMiddleware:
+        """Name a misspelt option (and the nearest real one) with a ``ConfigError`` before
+        ``__init__`` would raise a bare ``TypeError``: ``add_middleware`` only keeps the
+        options, and Starlette builds the middleware at the first request. Type checkers
+        read ``__init__``'s keywords and refuse the misspelling before that."""
+        taken = _options_of(cls)
+        if taken is not None:
+            names, required = taken
+            check_option_names(cls.__name__, options, names)
+            for name in sorted(required - options.keys()):
+                what = " (the RedisCache to use)" if name == "cache" else ""
+                raise ConfigError(f"{name}: a required option{what}")
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -71,6 +101,7 @@ class CacheMiddleware:
         exclude: Sequence[Pattern] = (),
         vary_on: Sequence[str] = (),
         ignore_query_params: Sequence[str] = (),
+        host_aliases: Mapping[str, str] | None = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         cacheable_statuses: Collection[int] = policy.HEURISTIC_STATUSES,
         cache_set_cookie: bool = False,
@@ -115,6 +146,7 @@ class CacheMiddleware:
             exclude=exclude,
             vary_on=vary_on,
             ignore_query_params=ignore_query_params,
+            host_aliases=host_aliases if host_aliases is not None else {},
             max_body_size=max_body_size,
             cacheable_statuses=cacheable_statuses,
             cache_set_cookie=cache_set_cookie,
@@ -151,6 +183,8 @@ class CacheMiddleware:
         )
         if ignore_query_params:
             cache.ignore_query_params(list(ignore_query_params))
+        if host_aliases:
+            cache.alias_hosts(host_aliases)
         self._purge_endpoint: ASGIApp | None = None
         if purge_token is not None:
             self._purge_endpoint = PurgeEndpoint(cache, token=purge_token)
@@ -187,7 +221,6 @@ class CacheMiddleware:
         fill = (
             FillLock(variant="", token=new_token())
             if self.config.coalesce
-            and request.method == "GET"
             and not request.directives.only_if_cached
             and not request.private
             else None
@@ -304,6 +337,20 @@ class CacheMiddleware:
             return message
 
         return wrapped
+
+
+def _options_of(cls: type[CacheMiddleware]) -> tuple[frozenset[str], frozenset[str]] | None:
+    """Return the keywords a middleware class takes (the app and its options) and those it
+    requires; None when its ``__init__`` takes any keyword (a subclass's ``**kwargs``)."""
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    required = (
+        p.name
+        for p in parameters
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    )
+    return frozenset(p.name for p in parameters), frozenset(required)
 
 
 #: Whether this process froze its startup heap (``freeze_startup_heap``).

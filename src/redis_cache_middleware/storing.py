@@ -230,7 +230,7 @@ async def put(
     same script; return whether Redis took it."""
     cache = ctx.cache
     names, values = vary
-    host: bytes | None = request.host_key
+    host: bytes | None = cache.key_host(request.host, request.scheme)
     if len(request.host) > MAX_INDEXED_HOST:
         host = None  # no real host is this long: keep it out of the index of hosts
     result = await guarded(

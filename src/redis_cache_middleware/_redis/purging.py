@@ -222,29 +222,39 @@ class Purger:
                 own.add(key)
         return own
 
-    async def purge_prefix(self, path_prefix: str, host: str | None) -> int:
-        """Remove every entry whose path is under a path-segment prefix (of ``host``, or of
-        every host); return how many. Reads the index kept at store time."""
+    async def purge_prefix(
+        self,
+        path_prefix: str,
+        host: str | None,
+        hosts: Sequence[bytes] = (),
+        any_port: bytes | None = None,
+    ) -> int:
+        """Remove every entry whose path is under a path-segment prefix; return how many.
+        Reads the index kept at store time.
+
+        ``host`` None: of every host. Otherwise (``host`` as given, for the hook) of
+        ``hosts`` (as keys hold them), and with ``any_port``, of every host of that name
+        in the set of hosts, whatever its port."""
         if not isinstance(path_prefix, str) or not path_prefix.startswith("/"):
             raise ValueError(f"path_prefix must start with '/', got {path_prefix!r}")
         state = self._state
         gen = await state.current_generation()
         now_ms = int(time.time() * 1000)
-        if host is not None:
-            hosts = [
-                keys.normalise_host(host.encode("latin-1", "replace"), "http"),
-                keys.normalise_host(host.encode("latin-1", "replace"), "https"),
-            ]
-            hosts = list(dict.fromkeys(hosts))
-        else:
-            hosts = [
+        targets = list(hosts)
+        if host is None or any_port is not None:
+            stored = [
                 h if isinstance(h, bytes) else str(h).encode()
                 for h in await state.client.zrangebyscore(
                     keys.hosts_key(state.namespace, gen), now_ms, "+inf"
                 )
             ]
+            if host is None:
+                targets = stored
+            else:
+                targets += [h for h in stored if keys.split_port(h)[0] == any_port]
+        targets = list(dict.fromkeys(targets))
         bounds = [bound for pair in keys.prefix_ranges(path_prefix) for bound in pair]
-        index_keys = [list(keys.prefix_keys(state.namespace, gen, h)) for h in hosts]
+        index_keys = [list(keys.prefix_keys(state.namespace, gen, h)) for h in targets]
         marked = await self._mark([(pair, bounds) for pair in index_keys])
         uhashes = sorted({m.rsplit(b"\x00", 1)[-1].decode() for pairs in marked for m, _ in pairs})
         total = await self.purge_hashes(uhashes)

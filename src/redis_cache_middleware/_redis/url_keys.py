@@ -1,18 +1,20 @@
-"""How a cache names a URL: its hash (``keys.url_hash``) over the normalised host and the
-query less the ignored parameters, remembered for hot URLs, and the same for an absolute URL
-given to a purge.
+"""How a cache names a URL: its hash (``keys.url_hash``) over the normalised host (a declared
+alias replaced by its canonical host) and the query less the ignored parameters, remembered
+for hot URLs, and the same for an absolute URL given to a purge; and which hosts' path
+indexes a prefix purge for a host reads.
 
 Pure: it sends no command and imports no other module of the cache. ``RedisCache`` owns
-one ``UrlKeys`` and answers ``url_hash``, ``hash_for_url``, ``app_query`` and
-``ignore_query_params`` with it.
+one ``UrlKeys`` and answers ``url_hash``, ``hash_for_url``, ``key_host``, ``app_query``,
+``ignore_query_params`` and ``alias_hosts`` with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import quote, unquote, urlsplit
 
 from .. import keys
+from ..exceptions import ConfigError
 
 #: How many URLs' hashes a process keeps, so that a hot URL is hashed once.
 HASH_MEMORY = 4096
@@ -32,6 +34,54 @@ class UrlKeys:
         #: Recent URLs' hashes, by what url_hash was given (emptied when full).
         self._hash_memo: dict[tuple[str, str, bytes, str, bytes], str] = {}
         self._query_filter: Callable[[str], bool] | None = None
+        #: The host aliases given so far, lowercased (spelling -> canonical host).
+        self._alias_source: dict[str, str] = {}
+        #: Those aliases by scheme, normalised (``keys.host_alias_table``); empty: none.
+        self._aliases: keys.HostAliases = {}
+
+    def alias_hosts(self, aliases: Mapping[str, str]) -> None:
+        """Key requests for each host spelling as requests for its canonical host
+        (``keys.host_alias_table``), added to the aliases given before; raise
+        ``ConfigError`` naming ``host_aliases`` when a spelling would get two hosts."""
+        keys.host_alias_table(aliases)  # checks the mapping alone, naming the bad entry
+        merged = dict(self._alias_source)
+        for spelling, canonical in aliases.items():
+            spelling, canonical = spelling.strip().lower(), canonical.strip().lower()
+            if merged.get(spelling, canonical) != canonical:
+                raise ConfigError(
+                    f"host_aliases: {spelling!r} is already an alias of "
+                    f"{merged[spelling]!r} on this cache, not of {canonical!r}"
+                )
+            merged[spelling] = canonical
+        self._aliases = keys.host_alias_table(merged)
+        self._alias_source = merged
+        self._hash_memo.clear()
+
+    def key_host(self, host: bytes, scheme: str) -> bytes:
+        """Return the host as keys hold it: lowercase, without the scheme's default port,
+        a declared alias replaced by its canonical host."""
+        normalised = keys.normalise_host(host, scheme)
+        aliases = self._aliases.get(scheme)
+        return aliases.get(normalised, normalised) if aliases else normalised
+
+    def prefix_hosts(self, host: str) -> tuple[list[bytes], bytes | None]:
+        """Return the hosts (as keys hold them) whose path indexes a prefix purge for
+        ``host`` reads, and a host name whose every port it also reads (None: no other).
+
+        ``example.com:8080`` is that port; ``example.com`` the default ports (of http and
+        https); ``example.com:*`` every port, those of the aliases of that name included.
+        Each resolves through the host aliases.
+        """
+        given = host.strip().lower().encode("latin-1", "replace")
+        any_port = given.endswith(b":*")
+        if any_port:
+            given = given[:-2]
+        found = [self.key_host(given, scheme) for scheme in keys.ALIASED_SCHEMES]
+        if not any_port:
+            return list(dict.fromkeys(found)), None
+        for table in self._aliases.values():
+            found += [c for s, c in table.items() if keys.split_port(s)[0] == given]
+        return list(dict.fromkeys(found)), given
 
     def ignore_query_params(self, patterns: Sequence[str]) -> bool:
         """Drop query parameters matching these glob patterns from every key; return
@@ -62,7 +112,7 @@ class UrlKeys:
             uhash = keys.url_hash(
                 method_class,
                 scheme,
-                keys.normalise_host(host, scheme),
+                self.key_host(host, scheme),
                 path,
                 keys.normalise_query(query_string, self._query_filter),
             )
