@@ -26,13 +26,12 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from . import keys
 from ._redis.connect import (
     CLUSTER_SCHEMES,
     SENTINEL_SCHEMES,
     AnyRedis,
+    check_options,
     client_for_url,
-    decodes_responses,
 )
 from ._redis.fill_locks import ACQUIRED, HELD, PASS, FillLock, FillLocks, new_token
 from ._redis.inspection import EntryInfo, NamespaceStats, inspect_url, scan_stats
@@ -120,37 +119,6 @@ def _admin(
     return bounded_call
 
 
-def _check_options(
-    client: AnyRedis, namespace: str, admin_timeout: float | None, generation_check_interval: float
-) -> None:
-    """Raise ``ConfigError`` for a ``RedisCache`` option that is not right."""
-    if not isinstance(namespace, str) or not keys.NAMESPACE_RE.match(namespace):
-        raise ConfigError(
-            f"namespace must be 1-64 letters, digits, '_', '.' or '-'; got {namespace!r}"
-        )
-    if decodes_responses(client):
-        raise ConfigError(
-            "client: the Redis client must be made with decode_responses=False (bodies are bytes)"
-        )
-    if admin_timeout is not None and (
-        isinstance(admin_timeout, bool)
-        or not isinstance(admin_timeout, (int, float))
-        or not 0 < admin_timeout < float("inf")
-    ):
-        raise ConfigError(
-            f"admin_timeout must be a positive number of seconds or None; got {admin_timeout!r}"
-        )
-    if (
-        isinstance(generation_check_interval, bool)
-        or not isinstance(generation_check_interval, (int, float))
-        or not 0 <= generation_check_interval < float("inf")
-    ):
-        raise ConfigError(
-            "generation_check_interval must be a number of seconds >= 0; "
-            f"got {generation_check_interval!r}"
-        )
-
-
 class RedisCache:
     """A namespaced HTTP response cache kept in Redis.
 
@@ -160,10 +128,7 @@ class RedisCache:
     ``aclose()``. On a cluster every operation keeps to one slot per command (see
     ``docs/scaling.md``). ``namespace`` prefixes every key (letters, digits, ``_ . -``; at most 64).
 
-    ``multiplex`` (on by default) sends the commands on a request's path (a hit's read, a
-    miss's lookup, store and fill lock) pipelined on one connection taken from the client's
-    pool, instead of one pool round trip each (``_redis/lane.py``); it applies to a plain
-    client on one Redis, not to a cluster, a Sentinel pool or a test double.
+    ``multiplex``: a request's commands pipelined on one pooled connection (``_redis/lane.py``).
     """
 
     def __init__(
@@ -178,9 +143,7 @@ class RedisCache:
         admin_timeout: float | None = 5.0,
         multiplex: bool = True,
     ) -> None:
-        _check_options(client, namespace, admin_timeout, generation_check_interval)
-        if not isinstance(multiplex, bool):
-            raise ConfigError(f"multiplex must be True or False; got {multiplex!r}")
+        check_options(client, namespace, admin_timeout, generation_check_interval, multiplex)
         #: Bounds each purge, clear, inspect and scan call (the middleware bounds its own calls
         #: with its ``timeout``): a client without a socket timeout cannot hang them.
         self.admin_timeout = admin_timeout
@@ -331,12 +294,9 @@ class RedisCache:
         self.has_ignored_query = self._url_keys.ignore_query_params(patterns)
 
     def alias_hosts(self, aliases: Mapping[str, str]) -> None:
-        """Key requests for each host spelling as requests for its canonical host, in
-        lookups, stores, purges (``purge_url``, ``purge_prefix``), ``inspect_url`` and the
-        middleware's invalidations: ``{"localhost:8000": "127.0.0.1:8000"}``. Added to the
-        aliases given before (the middleware's ``host_aliases``); ``ConfigError`` when a
-        spelling would name two hosts, or a canonical host is an alias itself.
-        """
+        """Key each host spelling as its canonical host (``{"localhost:8000": "127.0.0.1:8000"}``)
+        everywhere: lookups, stores, purges, ``inspect_url``, invalidations. Adds to the
+        aliases given before; ``ConfigError`` for a spelling naming two hosts, or a chain."""
         self._url_keys.alias_hosts(aliases)
 
     def key_host(self, host: bytes, scheme: str) -> bytes:

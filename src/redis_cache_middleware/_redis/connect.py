@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .. import keys
 from ..exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -207,3 +208,40 @@ def decodes_responses(client: Any) -> bool:
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", {})
     return bool(kwargs.get("decode_responses", False))
+
+
+def check_options(
+    client: Any,
+    namespace: str,
+    admin_timeout: float | None,
+    generation_check_interval: float,
+    multiplex: bool,
+) -> None:
+    """Raise ``ConfigError`` for a ``RedisCache`` option that is not right."""
+    if not isinstance(namespace, str) or not keys.NAMESPACE_RE.match(namespace):
+        raise ConfigError(
+            f"namespace must be 1-64 letters, digits, '_', '.' or '-'; got {namespace!r}"
+        )
+    if decodes_responses(client):
+        raise ConfigError(
+            "client: the Redis client must be made with decode_responses=False (bodies are bytes)"
+        )
+    if admin_timeout is not None and (
+        isinstance(admin_timeout, bool)
+        or not isinstance(admin_timeout, (int, float))
+        or not 0 < admin_timeout < float("inf")
+    ):
+        raise ConfigError(
+            f"admin_timeout must be a positive number of seconds or None; got {admin_timeout!r}"
+        )
+    if (
+        isinstance(generation_check_interval, bool)
+        or not isinstance(generation_check_interval, (int, float))
+        or not 0 <= generation_check_interval < float("inf")
+    ):
+        raise ConfigError(
+            "generation_check_interval must be a number of seconds >= 0; "
+            f"got {generation_check_interval!r}"
+        )
+    if not isinstance(multiplex, bool):
+        raise ConfigError(f"multiplex must be True or False; got {multiplex!r}")
