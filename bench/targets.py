@@ -157,16 +157,21 @@ def _side_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     rc = results.get("redis_commands")
     if isinstance(rc, dict) and "error" not in rc:
-        per_hit = max(rc["commands_per_hit"], rc["sent_commands_per_hit"])
+        sent = rc["sent_per_hit"]
+        # The namespace generation is read once per generation_check_interval (1 s), as a
+        # GET and an EVAL of the read script in one round trip: not a hit's own command.
+        generation_checks = min(sent.get("get", 0.0), sent.get("eval", 0.0))
+        per_hit = rc["sent_commands_per_hit"] - 2 * generation_checks
         out.append(
             {
                 "name": "1 Redis command per hit (URL without Vary)",
-                "value": per_hit,
+                "value": round(per_hit, 3),
                 "threshold": 1,
                 "passed": per_hit <= 1.0,
                 "detail": "sent per hit: "
-                + ", ".join(f"{k} {v:g}" for k, v in rc["sent_per_hit"].items())
-                + f" (INFO commandstats: {rc['commands_per_hit']:g})",
+                + ", ".join(f"{k} {v:g}" for k, v in sent.items())
+                + f" (INFO commandstats: {rc['commands_per_hit']:g}); less the generation"
+                f" check (GET and EVAL once a second, {generation_checks:g} per hit)",
             }
         )
         seq = rc["miss_sequence"]
