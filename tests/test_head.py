@@ -20,6 +20,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from redis_cache_middleware import CacheMiddleware, RedisCache
+from redis_cache_middleware.respond import empty_receive
 
 from .helpers import TEST_TIMEOUT, http_scope
 
@@ -89,20 +90,11 @@ async def asgi_call(app: Any, scope: dict[str, Any]) -> list[dict[str, Any]]:
     """Call an ASGI app with one empty-bodied request whose client then stays (a streamed
     answer listens for a disconnect); return every message it sent."""
     sent: list[dict[str, Any]] = []
-    received = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal received
-        if not received:
-            received = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.Event().wait()
-        return {"type": "http.disconnect"}  # pragma: no cover - never reached
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await app(scope, receive, send)
+    await app(scope, empty_receive(), send)
     return sent
 
 
