@@ -91,6 +91,17 @@ async def test_errors_are_redis_py_errors_and_the_lane_goes_on(lane: Lane, names
     assert await lane.execute(b"LLEN", key) == 1
 
 
+async def test_an_argument_redis_cannot_take_owes_no_reply(lane: Lane, namespace: str) -> None:
+    await lane.execute(b"SET", f"{namespace}:k", b"v")
+    with pytest.raises(TypeError):
+        await lane.execute(b"SET", f"{namespace}:k", None)
+    with pytest.raises(TypeError):
+        await lane.execute(b"SET", f"{namespace}:k", True)
+    # The next callers get their own replies, not one shifted by the refused command.
+    assert await asyncio.wait_for(lane.execute(b"GET", f"{namespace}:k"), 5) == b"v"
+    assert await asyncio.wait_for(lane.execute(b"PING"), 5) == b"PONG"
+
+
 async def test_a_flushed_script_is_sent_again(lane: Lane, client: Any) -> None:
     script = client.register_script("return ARGV[1]")
     assert await lane.script(script, [], [b"one"]) == b"one"

@@ -202,6 +202,8 @@ class Lane:
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and return its reply (raise its error, as redis-py would)."""
+        # Packed first: an argument Redis cannot take raises here, before a reply is owed.
+        data = _pack(args)
         loop = asyncio.get_running_loop()
         if self._transport is None or self._loop is not loop:
             await self._open(loop)
@@ -214,7 +216,7 @@ class Lane:
         future: asyncio.Future[Any] = loop.create_future()
         pending.append(future)
         out = self._out
-        out.append(_pack(args))
+        out.append(data)
         if len(out) == 1:
             loop.call_soon(self._flush)
         reply = await future
