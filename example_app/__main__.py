@@ -110,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 ) from None
             stack.callback(redis.stop)
         chosen = os.environ.get(TOKEN_VARIABLE) or None
-        app = create_app(RedisCache.from_url(url, namespace=NAMESPACE), token=chosen)
+        # localhost and 127.0.0.1 are one site here: one entry, one purge, one invalidation.
+        aliases = {f"localhost:{args.port}": f"127.0.0.1:{args.port}"}
+        app = create_app(
+            RedisCache.from_url(url, namespace=NAMESPACE), token=chosen, host_aliases=aliases
+        )
         token = None if chosen else str(app.state.token)
         print(
             banner(host=args.host, port=args.port, redis_url=url, embedded=embedded, token=token),

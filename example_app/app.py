@@ -23,7 +23,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Annotated
@@ -236,6 +236,7 @@ def create_app(
     upstream_latency: float | None = None,
     rate_limit_calls: int = 5,
     rate_limit_period: float = 1.0,
+    host_aliases: Mapping[str, str] | None = None,
 ) -> FastAPI:
     """Return the example app, caching in ``cache`` (default: ``cache_from_env()``).
 
@@ -243,7 +244,8 @@ def create_app(
     kept in ``app.state.token``) opens the purge endpoint and the bypass header.
     ``upstream_latency`` defaults to ``UPSTREAM_LATENCY`` from the environment (else 0.3 s);
     the upstream accepts at most ``rate_limit_calls`` calls per ``rate_limit_period`` seconds
-    and answers 429 beyond that.
+    and answers 429 beyond that. ``host_aliases`` go to the middleware (``python -m
+    example_app`` declares ``localhost:PORT`` as ``127.0.0.1:PORT``).
     """
     if token is None:
         token = token_from_env()
@@ -288,6 +290,7 @@ def create_app(
         bypass_token=token,
         purge_token=token,
         purge_path=PURGE_PATH,
+        host_aliases=dict(host_aliases or {}),
     )
 
     async def purge(*urls: str) -> None:

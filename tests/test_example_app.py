@@ -10,10 +10,12 @@ import string
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import fakeredis
 import httpx
 import pytest
+import redis.asyncio as redis_asyncio
 
 from example_app import create_app
 from example_app.__main__ import banner
@@ -331,3 +333,39 @@ def test_banner_says_where_everything_is() -> None:
     )
     assert "secret" not in chosen and "<the token>" in chosen
     assert "redis://u:***@db:6379/0 (from REDIS_URL)" in chosen
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", "redis"])
+async def test_localhost_and_127_0_0_1_are_one_site_when_declared(
+    backend: str, redis_server: RedisServer
+) -> None:
+    # What ``python -m example_app`` declares: the newcomer's trial, where a PUT through
+    # 127.0.0.1 left the localhost copy stale, now reaches both spellings.
+    redis: Any = (
+        fakeredis.FakeAsyncRedis()
+        if backend == "fakeredis"
+        else redis_asyncio.Redis.from_url(redis_server.url)
+    )
+    cache = RedisCache(redis, namespace=f"example-test-{uuid.uuid4().hex[:12]}")
+    app = create_app(
+        cache,
+        token=TOKEN,
+        upstream_latency=0.01,
+        host_aliases={"localhost:8000": "127.0.0.1:8000"},
+    )
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://localhost:8000") as local,
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as loop,
+        ):
+            assert "stored" in (await local.get("/users/1")).headers["cache-status"]
+            assert "hit" in (await loop.get("/users/1")).headers["cache-status"]
+            new = {"name": "Ada King", "email": "ada.king@example.com"}
+            assert (await loop.put("/users/1", json=new)).status_code == 200
+            after = await local.get("/users/1")
+            assert "hit" not in after.headers["cache-status"]
+            assert after.json() == {"id": 1, **new}
+    finally:
+        await cache.aclose()
+        await redis.aclose()
