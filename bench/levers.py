@@ -40,9 +40,9 @@ ABLATIONS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             (
                 "cache.py",
                 "generation_check_interval: float = 1.0,\n        admin_timeout: float | None = "
-                "5.0,\n        socket_timeout",
+                "5.0,\n        multiplex: bool = True,\n        socket_timeout",
                 "generation_check_interval: float = 0.0,\n        admin_timeout: float | None = "
-                "5.0,\n        socket_timeout",
+                "5.0,\n        multiplex: bool = True,\n        socket_timeout",
             ),
         ],
     ),
@@ -56,8 +56,8 @@ ABLATIONS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         [
             (
                 "middleware.py",
-                "if self.config.coalesce\n" + " " * 12 + 'and request.method == "GET"',
-                "if False\n" + " " * 12 + 'and request.method == "GET"',
+                "if self.config.coalesce\n" + " " * 12 + "and not request.directives",
+                "if False\n" + " " * 12 + "and not request.directives",
             ),
         ],
     ),
@@ -85,6 +85,21 @@ ABLATIONS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
                 "socket_timeout: float | None = 0.5,",
             )
         ],
+    ),
+    "lane": (
+        "the request path's commands pipelined on one connection of their own (without: each "
+        "through redis-py's client and pool)",
+        [
+            (
+                "_redis/state.py",
+                "self.lane = Lane(client) if multiplex",
+                "self.lane = Lane(client) if False",
+            )
+        ],
+    ),
+    "freeze_gc": (
+        "the app's startup heap frozen once it has started (without: full collections walk it)",
+        [("middleware.py", "freeze_gc: bool = True,", "freeze_gc: bool = False,")],
     ),
 }
 

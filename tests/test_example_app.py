@@ -283,6 +283,11 @@ def test_embedded_redis_is_reachable_by_url_from_another_client(
         async def fill_and_look() -> int:
             cache = RedisCache.from_url(embedded.url, namespace=NAMESPACE)
             app = create_app(cache, token=TOKEN, upstream_latency=0.01)
+            # What the lifespan's warm-up does (ASGITransport runs no lifespan), and a first
+            # script: fakeredis over TCP in a thread, with a cold Lua runtime, can otherwise
+            # miss the example's 100 ms Redis timeout on a loaded machine.
+            await cache.warm_up()
+            await cache.client.eval("return 1", 0)
             transport = httpx.ASGITransport(app=app)
             try:
                 async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
