@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 class Context:
     """The app, the cache, the options, the wall clock (``clock()``, seconds since the epoch,
-    replaced by tests) and the fill locks' calls."""
+    replaced by tests), the fill locks' calls, and whether Redis took the last store."""
 
-    __slots__ = ("app", "cache", "clock", "config", "locks")
+    __slots__ = ("app", "cache", "clock", "config", "locks", "stores_taken")
 
     def __init__(
         self,
@@ -39,3 +39,7 @@ class Context:
         self.config = config
         self.locks = locks
         self.clock = clock
+        #: Whether Redis took the last store (``storing.put``): while it does, a response
+        #: sent whole goes out as its store is sent, without waiting for Redis's reply
+        #: (``Forward``); after a store failed, each waits, so Cache-Status shows the error.
+        self.stores_taken = True

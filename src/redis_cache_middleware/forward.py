@@ -11,6 +11,7 @@ May call: the app; ``storing`` (decide, put, drop); ``LockCalls`` (renew, releas
 
 from __future__ import annotations
 
+import asyncio
 import enum
 
 from . import entry as entry_codec
@@ -46,8 +47,10 @@ class Forward:
     """Send one request to the app, pass its response through, and store a copy if allowed.
 
     The client gets each chunk as soon as the app sends it. ``http.response.start`` is held
-    until the first body message, so that a response sent whole (the common case) can say
-    truthfully in ``Cache-Status`` whether it was stored.
+    until the first body message, so that a response sent whole (the common case) can say in
+    ``Cache-Status`` that it is stored: its store is sent to Redis as the response goes out
+    (and ``run`` waits for the reply), or, after a store failed, completed first so that the
+    header shows the error (``Context.stores_taken``).
 
     ``found`` is what the request's lookup found (its generation, Vary names and entry);
     ``fallback`` a stale entry that may stand in for an error (``revalidate.stand_in_detail``);
@@ -103,6 +106,8 @@ class Forward:
         self.stored_at = 0.0
         #: Whether the store already ran (before the start message of a response sent whole).
         self.stored: bool | None = None
+        #: The store of a response sent whole, under way while it is sent to the client.
+        self.storing: asyncio.Task[bool] | None = None
         self.send: Send = discard
         self.outcome = Outcome.ERROR
         if request.debug:
@@ -137,7 +142,12 @@ class Forward:
             elif self.not_modified:
                 stored = await self._serve_revalidated()
             elif self.capturing and self.complete:
-                stored = self.stored if self.stored is not None else await self._store()
+                if self.storing is not None:
+                    stored = await self.storing
+                elif self.stored is not None:
+                    stored = self.stored
+                else:
+                    stored = await self._store()
             if stored:
                 self.outcome = Outcome.STORED
             elif self._not_storable():
@@ -312,9 +322,18 @@ class Forward:
                 if not more:
                     self.complete = True
                 if self.start is not None:
-                    if self.complete:
-                        # Sent whole: store it before the client hears back (one round trip,
-                        # bounded by the timeout), so that Cache-Status says what happened.
+                    if self.complete and self.ctx.stores_taken:
+                        # Sent whole, and Redis took the last store: the store is sent now,
+                        # ahead of any later lookup on this process's connection, and the
+                        # response goes out without waiting for Redis's reply (``run``
+                        # awaits it). Another process's request for the URL finds the entry,
+                        # or the fill lock this store releases, and waits for it.
+                        self.storing = asyncio.get_running_loop().create_task(self._store())
+                        await self._release_start(stored=True, detail=None)
+                    elif self.complete:
+                        # The last store failed: this one completes before the client hears
+                        # back (one round trip, bounded by the timeout), so that Cache-Status
+                        # says what happened.
                         self.stored = await self._store()
                         detail = None if self.stored else "redis-error"
                         await self._release_start(stored=self.stored, detail=detail)

@@ -251,7 +251,9 @@ async def put(
         ),
     )
     if isinstance(result, Skipped):
+        ctx.stores_taken = False
         return False
+    ctx.stores_taken = True
     cache.stats.stored += 1
     if request.debug:
         logger.debug(

@@ -184,7 +184,7 @@ def _sentinel_client(url: str, options: dict[str, Any]) -> tuple[AnyRedis, list[
         kwargs.setdefault("password", password)
     if tls:
         kwargs.setdefault("ssl", True)
-    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call,unused-ignore]
     return sentinel.master_for(service, redis_class=Redis), list(sentinel.sentinels)
 
 

@@ -200,8 +200,13 @@ class Lane:
 
     # -- calls ---------------------------------------------------------------------------
 
-    async def execute(self, *args: Any) -> Any:
-        """Send one command and return its reply (raise its error, as redis-py would)."""
+    async def execute(self, *args: Any, urgent: bool = False) -> Any:
+        """Send one command and return its reply (raise its error, as redis-py would).
+
+        Commands go out together, in one write once the event loop has run what was ready
+        (``call_soon``): a burst of hits costs one system call. An ``urgent`` command (a
+        likely miss's lookup, which its request and the app wait for) is written at once,
+        with whatever was queued before it, instead of waiting for that turn of the loop."""
         # Packed first: an argument Redis cannot take raises here, before a reply is owed.
         data = _pack(args)
         loop = asyncio.get_running_loop()
@@ -217,7 +222,9 @@ class Lane:
         pending.append(future)
         out = self._out
         out.append(data)
-        if len(out) == 1:
+        if urgent:
+            self._flush()  # a flush already scheduled finds nothing left to write
+        elif len(out) == 1:
             loop.call_soon(self._flush)
         reply = await future
         if isinstance(reply, hiredis.ReplyError):
@@ -243,13 +250,25 @@ class Lane:
         """Take the lane's connection now (at startup) rather than on the first command."""
         await self.execute(b"PING")
 
-    async def script(self, script: Any, script_keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    async def script(
+        self,
+        script: Any,
+        script_keys: Sequence[Any],
+        args: Sequence[Any],
+        *,
+        urgent: bool = False,
+    ) -> Any:
         """Run a registered script (redis-py's ``Script``): EVALSHA, and EVAL when Redis does
         not have it (which also loads it)."""
+        count = len(script_keys)
         try:
-            return await self.execute(b"EVALSHA", script.sha, len(script_keys), *script_keys, *args)
+            return await self.execute(
+                b"EVALSHA", script.sha, count, *script_keys, *args, urgent=urgent
+            )
         except NoScriptError:
-            return await self.execute(b"EVAL", script.script, len(script_keys), *script_keys, *args)
+            return await self.execute(
+                b"EVAL", script.script, count, *script_keys, *args, urgent=urgent
+            )
 
     # -- the connection ------------------------------------------------------------------
 

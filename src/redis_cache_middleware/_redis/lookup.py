@@ -147,6 +147,9 @@ class Reader:
                     replies = [None, *_hash_replies(read_reply, len(read_keys))]
                     break
                 gen_reply, read_reply = await self._generation_and_read(read_keys)
+                for reply in (gen_reply, read_reply):
+                    if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+                        raise reply  # no answer (a lost connection, refused credentials)
                 if isinstance(gen_reply, ResponseError):
                     _garbage_or_raise(gen_reply)
                 if isinstance(read_reply, ResponseError):
@@ -208,12 +211,14 @@ class Reader:
 
     async def _lookup_or_lock(self, base: str, fill: FillLock, ttl: float) -> Any:
         """PTTL and HGETALL of a URL's key (as READ_SCRIPT answers, for ``_hash_replies``);
-        when it is empty, try its fill lock (an int) instead."""
+        when it is empty, try its fill lock (an int) instead. Likely a miss, whose request
+        and app wait for it: written at once (``urgent``), not with the loop's next batch."""
         try:
             return await self._state.run_script(
                 self._lookup_script,
                 [base, keys.lock_key(base, fill.variant), keys.pass_key(base)],
                 [fill.token, max(1, int(ttl * 1000))],
+                urgent=True,
             )
         except ResponseError as exc:  # WRONGTYPE inside the script: garbage at our key
             return _garbage_or_raise(exc)

@@ -109,12 +109,15 @@ class CacheState:
         self.remember_vary(uhash, None)
         self.stored_until.pop(uhash, None)
 
-    async def run_script(self, script: Any, script_keys: list[str], args: list[Any]) -> Any:
-        """Run a registered script on the lane, or through the client without one."""
+    async def run_script(
+        self, script: Any, script_keys: list[str], args: list[Any], *, urgent: bool = False
+    ) -> Any:
+        """Run a registered script on the lane (written at once if ``urgent``: see
+        ``Lane.execute``), or through the client without one."""
         lane = self.lane
         if lane is not None:
             try:
-                return await lane.script(script, script_keys, args)
+                return await lane.script(script, script_keys, args, urgent=urgent)
             except LaneUnavailable:
                 self.lane = None  # the client's connections are not sockets: use the client
         return await script(keys=script_keys, args=args)
