@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import enum
 
-from . import entry as entry_codec
 from . import policy, storing
 from ._types import Message, RawHeaders, Receive, Scope, Send
 from .admit import Request
@@ -241,8 +240,14 @@ class Forward:
             await self._send(message)
             return
         self.stored_at = self.ctx.clock()
-        decision = self._check(
-            storing.decide(config, self.request, self.status, self.headers, self.stored_at), message
+        decision, self._vary, self._vary_record, self.size = storing.check_response(
+            config,
+            self.request,
+            self.status,
+            self.headers,
+            self.tags,
+            storing.decide(config, self.request, self.status, self.headers, self.stored_at),
+            trailers=bool(message.get("trailers")),
         )
         self.decision = decision
         if not decision.store:
@@ -254,32 +259,6 @@ class Forward:
             return
         self.capturing = True
         self.start = message
-
-    def _check(self, decision: policy.StoreDecision, message: Message) -> policy.StoreDecision:
-        """The policy's verdict, refused further for what only the response's message shows:
-        trailers, a header no server could send again, or a size over ``max_body_size``
-        (headers, vary values and tags counted with the body). Sets ``size`` to what the
-        entry stores besides its body."""
-        if self.request.range is not None and self.status in (206, 416):
-            # One request's range: no hit-for-pass, no superseding (REQUEST_REFUSALS).
-            decision = policy.refuse("partial")
-        if decision.store and message.get("trailers"):
-            decision = policy.refuse("trailers")
-        if decision.store and not entry_codec.is_sendable(self.headers):
-            # A header no server could send again (a control character, a name that is not
-            # a token, two Content-Lengths): stored, it would only ever be read as damaged.
-            decision = policy.refuse("unsendable")
-        if not decision.store:
-            self.size = storing.entry_size(self.headers, (), ())
-            return decision
-        names, values = self._vary = storing.varying(self.ctx.config, self.request, decision)
-        if names:
-            self._vary_record = storing.vary_record(names, values)
-        self.size = storing.entry_size(self.headers, self._vary_record, self.tags)
-        limit = self.ctx.config.max_body_size
-        if self.size > limit or storing.declared_length(self.headers) > limit - self.size:
-            return policy.refuse("too-large")
-        return decision
 
     def _log_not_stored(self, reason: str) -> None:
         request = self.request

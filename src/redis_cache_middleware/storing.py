@@ -20,7 +20,7 @@ from .admit import Request
 from .cache import FillLock, Lookup
 from .config import MAX_TAG_LENGTH, MAX_TAGS, CacheConfig
 from .context import Context
-from .entry import CachedEntry
+from .entry import CachedEntry, is_sendable
 from .guard import Skipped, guarded
 from .keys import MAX_INDEXED_HOST
 from .stats import logger
@@ -113,6 +113,42 @@ def varying(config: CacheConfig, request: Request, decision: policy.StoreDecisio
     this request's values of them."""
     names = tuple(sorted(set(decision.vary) | set(config.vary_on_names)))
     return names, request.values_for(names) if names else None
+
+
+def check_response(
+    config: CacheConfig,
+    request: Request,
+    status: int,
+    headers: RawHeaders,
+    tags: tuple[str, ...],
+    decision: policy.StoreDecision,
+    *,
+    trailers: bool,
+) -> tuple[policy.StoreDecision, Varying | None, tuple[tuple[str, bytes | None], ...], int]:
+    """The policy's verdict (``decide``), refused further for what only the response's
+    message shows: a partial answer to a range, trailers, a header no server could send
+    again, or a size over ``max_body_size`` (headers, vary values and tags counted with the
+    body). Return it with the varying request headers and their values (``varying``; None
+    when refused), those values as stored (``vary_record``) and what the entry stores besides
+    its body (``entry_size``)."""
+    if request.range is not None and status in (206, 416):
+        # One request's range: no hit-for-pass, no superseding (REQUEST_REFUSALS).
+        decision = policy.refuse("partial")
+    if decision.store and trailers:
+        decision = policy.refuse("trailers")
+    if decision.store and not is_sendable(headers):
+        # A header no server could send again (a control character, a name that is not a
+        # token, two Content-Lengths): stored, it would only ever be read as damaged.
+        decision = policy.refuse("unsendable")
+    if not decision.store:
+        return decision, None, (), entry_size(headers, (), ())
+    vary = varying(config, request, decision)
+    record = vary_record(*vary) if vary[0] else ()
+    size = entry_size(headers, record, tags)
+    limit = config.max_body_size
+    if size > limit or declared_length(headers) > limit - size:
+        decision = policy.refuse("too-large")
+    return decision, vary, record, size
 
 
 def vary_record(
