@@ -86,7 +86,7 @@ async def test_the_response_goes_out_before_redis_answers_the_store(
     assert gate.entered.is_set() and not gate.done.is_set()
     assert status_of(sent) == "redis-cache; fwd=uri-miss; fwd-status=200; stored"
     assert body_of(sent).startswith(b"/early? call=1")
-    assert not call.done()  # the request's task waits for the store's reply
+    assert not call.done()  # the app's last send returns after the store's reply
     gate.open.set()
     await asyncio.wait_for(call, 5)
     assert cache.stats.stored == 1

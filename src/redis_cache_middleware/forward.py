@@ -11,7 +11,6 @@ May call: the app; ``storing`` (decide, put, drop); ``LockCalls`` (renew, releas
 
 from __future__ import annotations
 
-import asyncio
 import enum
 
 from . import policy, storing
@@ -48,8 +47,8 @@ class Forward:
     The client gets each chunk as soon as the app sends it. ``http.response.start`` is held
     until the first body message, so that a response sent whole (the common case) can say in
     ``Cache-Status`` that it is stored: its store is sent to Redis as the response goes out
-    (and ``run`` waits for the reply), or, after a store failed, completed first so that the
-    header shows the error (``Context.stores_taken``).
+    (the app's last ``send`` returns after Redis's reply), or, after a store failed,
+    completed first so that the header shows the error (``Context.stores_taken``).
 
     ``found`` is what the request's lookup found (its generation, Vary names and entry);
     ``fallback`` a stale entry that may stand in for an error (``revalidate.stand_in_detail``);
@@ -103,10 +102,8 @@ class Forward:
         self.capturing = False
         self.complete = False
         self.stored_at = 0.0
-        #: Whether the store already ran (before the start message of a response sent whole).
+        #: Whether the store of a response sent whole ran (as or before it was sent).
         self.stored: bool | None = None
-        #: The store of a response sent whole, under way while it is sent to the client.
-        self.storing: asyncio.Task[bool] | None = None
         self.send: Send = discard
         self.outcome = Outcome.ERROR
         if request.debug:
@@ -141,12 +138,7 @@ class Forward:
             elif self.not_modified:
                 stored = await self._serve_revalidated()
             elif self.capturing and self.complete:
-                if self.storing is not None:
-                    stored = await self.storing
-                elif self.stored is not None:
-                    stored = self.stored
-                else:
-                    stored = await self._store()
+                stored = self.stored if self.stored is not None else await self._store()
             if stored:
                 self.outcome = Outcome.STORED
             elif self._not_storable():
@@ -302,14 +294,17 @@ class Forward:
                     self.complete = True
                 if self.start is not None:
                     if self.complete and self.ctx.stores_taken:
-                        # Sent whole, and Redis took the last store: the store is sent now,
-                        # ahead of any later lookup on this process's connection, and the
-                        # response goes out without waiting for Redis's reply (``run``
-                        # awaits it). Another process's request for the URL finds the entry,
-                        # or the fill lock this store releases, and waits for it.
-                        self.storing = asyncio.get_running_loop().create_task(self._store())
+                        # Sent whole, and Redis took the last store: the client gets it
+                        # first, and the store is sent in the same turn of the event loop,
+                        # ahead of any later request's lookup (which the loop starts only
+                        # after), before the app's send returns. Another process's request
+                        # for the URL finds the entry, or the fill lock the store releases,
+                        # and waits for it.
                         await self._release_start(stored=True, detail=None)
-                    elif self.complete:
+                        await self._send(message)
+                        self.stored = await self._store()
+                        return
+                    if self.complete:
                         # The last store failed: this one completes before the client hears
                         # back (one round trip, bounded by the timeout), so that Cache-Status
                         # says what happened.
