@@ -245,3 +245,34 @@ def test_pack_encodes_as_redis_py_does() -> None:
         pack([True])
     with pytest.raises(TypeError):
         pack([None])
+
+
+async def test_an_urgent_command_is_written_before_the_loop_turns(
+    lane: Lane, namespace: str
+) -> None:
+    """A likely miss's lookup goes out at once, with what was queued before it; others wait
+    for the loop's turn, so that a burst shares one write. In the order they were given."""
+    await lane.open()
+    transport: Any = lane._transport
+    written: list[bytes] = []
+    real_write = transport.write
+
+    def write(data: bytes) -> None:
+        written.append(bytes(data))
+        real_write(data)
+
+    transport.write = write
+    try:
+        queued = asyncio.ensure_future(lane.execute(b"SET", f"{namespace}:k", b"1"))
+        await asyncio.sleep(0)  # the task queues its command: not written yet
+        assert lane._out and not written
+        urgent = lane.execute(b"GET", f"{namespace}:k", urgent=True)
+        step = urgent.send(None)  # runs up to its wait for the reply
+        # Both commands went out in one write, before the loop turned, the queued one first.
+        assert len(written) == 1 and not lane._out
+        assert written[0].index(b"SET") < written[0].index(b"GET")
+        assert await queued == b"OK"
+        assert await asyncio.shield(step) == b"1"  # the reply the urgent command waited for
+        urgent.close()
+    finally:
+        transport.write = real_write
