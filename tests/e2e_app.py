@@ -45,8 +45,23 @@ async def count(request: Request) -> Response:
     return JSONResponse({"calls": calls["n"]}, headers={"cache-control": "no-store"})
 
 
-cache = RedisCache.from_url(os.environ["REDIS_URL"], namespace=NAMESPACE)
-app = Starlette(
-    routes=[Route("/items/{id}", item), Route("/slow/{id}", slow), Route("/calls", count)]
+async def version(request: Request) -> Response:
+    # A number kept in Redis, bumped on each call of any worker: which fill a hit replays.
+    number = await counter.incr(f"{NAMESPACE}:version:{request.url.path}")
+    return JSONResponse({"v": number}, headers={"cache-control": "max-age=300"})
+
+
+cache = RedisCache.from_url(
+    os.environ["REDIS_URL"],
+    namespace=NAMESPACE,
+    near_cache_bytes=int(os.environ.get("E2E_NEAR_BYTES", "0")),
 )
-app.add_middleware(CacheMiddleware, cache=cache)
+app = Starlette(
+    routes=[
+        Route("/items/{id}", item),
+        Route("/slow/{id}", slow),
+        Route("/calls", count),
+        Route("/version/{id}", version),
+    ]
+)
+app.add_middleware(CacheMiddleware, cache=cache, purge_token=os.environ.get("E2E_PURGE_TOKEN"))

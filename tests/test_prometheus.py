@@ -55,6 +55,10 @@ def test_fresh_cache_exports_zeros(registry: CollectorRegistry) -> None:
         "redis_cache_purged",
         "redis_cache_invalidated",
         "redis_cache_redis_errors",
+        "redis_cache_near_hits",
+        "redis_cache_near_misses",
+        "redis_cache_near_invalidations",
+        "redis_cache_near_emptied",
     ):
         assert types[name] == "counter"
         assert value(samples, f"{name}_total", namespace="shop") == 0.0
@@ -63,6 +67,8 @@ def test_fresh_cache_exports_zeros(registry: CollectorRegistry) -> None:
     assert types["redis_cache_hit_latency_seconds"] == "summary"
     assert value(samples, "redis_cache_hit_latency_seconds_count", namespace="shop") == 0.0
     assert value(samples, "redis_cache_hit_latency_seconds_sum", namespace="shop") == 0.0
+    assert types["redis_cache_near_bytes"] == "gauge"
+    assert value(samples, "redis_cache_near_bytes", namespace="shop") == 0.0
 
 
 @pytest.mark.anyio

@@ -14,7 +14,8 @@ the parts in ``_redis/``, each owning one thing and never importing this module:
 ``connect`` (the client ``from_url`` builds), ``state`` (what the parts share: client,
 namespace, generation, what this process remembers of URLs), ``url_keys`` (a URL's hash),
 ``lookup`` and ``store`` (reading and writing entries), ``fill_locks``, ``purging`` (purges
-and the ``on_purge`` hook) and ``inspection``.
+and the ``on_purge`` hook), ``inspection``, and ``near`` and ``tracking`` (the near cache,
+``near_cache_bytes``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ._redis.connect import (
@@ -129,6 +129,7 @@ class RedisCache:
     ``docs/scaling.md``). ``namespace`` prefixes every key (letters, digits, ``_ . -``; at most 64).
 
     ``multiplex``: a request's commands pipelined on one pooled connection (``_redis/lane.py``).
+    ``near_cache_bytes``: hits from process memory, kept coherent by Redis (``_redis/near.py``).
     """
 
     def __init__(
@@ -142,6 +143,7 @@ class RedisCache:
         generation_check_interval: float = 1.0,
         admin_timeout: float | None = 5.0,
         multiplex: bool = True,
+        near_cache_bytes: int = 0,
     ) -> None:
         check_options(client, namespace, admin_timeout, generation_check_interval, multiplex)
         #: Bounds each purge, clear, inspect and scan call (the middleware bounds its own calls
@@ -158,6 +160,7 @@ class RedisCache:
         self.has_ignored_query = False
         #: What the middlewares using this cache did, in this process.
         self.stats = CacheStats()
+        self._state.enable_near(near_cache_bytes, self.stats)
         #: Skips Redis for a cool-down after repeated failures (shared by the middlewares).
         self.breaker = CircuitBreaker(
             breaker_threshold, breaker_cooldown, transitions=self.stats.breaker_transitions
@@ -171,6 +174,8 @@ class RedisCache:
         self._also_close: list[Any] = []
         self._background: list[tuple[BackgroundTasks, float]] = []
         self._reader = Reader(self._state)
+        #: A hit from the near cache, or None: no await (``_redis.lookup.Reader.near_hit``).
+        self.near_hit = self._reader.near_hit
         self._writer = Writer(self._state)
         self._locks = FillLocks(self._state)
         self._purger = Purger(self._state, self.stats, on_purge)
@@ -187,6 +192,7 @@ class RedisCache:
         generation_check_interval: float = 1.0,
         admin_timeout: float | None = 5.0,
         multiplex: bool = True,
+        near_cache_bytes: int = 0,
         socket_timeout: float | None = None,
         connect_timeout: float = 0.5,
         max_connections: int | None = None,
@@ -220,6 +226,7 @@ class RedisCache:
             generation_check_interval=generation_check_interval,
             admin_timeout=admin_timeout,
             multiplex=multiplex,
+            near_cache_bytes=near_cache_bytes,
         )
         cache._owns_client = True
         cache._also_close = also_close
@@ -275,12 +282,7 @@ class RedisCache:
     async def __aenter__(self) -> RedisCache:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     # -- keys -----------------------------------------------------------------------------
@@ -432,12 +434,9 @@ class RedisCache:
     @_admin
     async def clear(self) -> None:
         """Forget everything in the namespace at once (O(1)): old keys are never read again,
-        and Redis expires them by their TTLs.
-
-        This process sees it at once; other processes at their next generation check, within
-        ``generation_check_interval`` seconds (0 makes every lookup check, at the price of a
-        second command per hit).
-        """
+        and Redis expires them by their TTLs. This process sees it at once; others at their
+        next generation check, within ``generation_check_interval`` seconds (0: every lookup
+        checks, a second command per hit), or with a near cache when Redis tells them."""
         await self._purger.clear()
 
     @property

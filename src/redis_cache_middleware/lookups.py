@@ -7,7 +7,8 @@ stale-while-revalidate, or refused (the client's directives, or a private reques
 entry was not shared with). "Why was this not served from the cache?" is answered here and
 in ``policy.check_usable``.
 
-May call: ``RedisCache.lookup`` and ``remembered_vary`` through ``guarded``; ``policy``.
+May call: ``RedisCache.near_hit``; ``RedisCache.lookup`` and ``remembered_vary`` through
+``guarded``; ``policy``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Lookups:
         hands the lock to another request); None when it was not tried.
         """
         cache = self.cache
+        near = cache.near_hit(request.uhash, request.values_for)
+        if near is not None:
+            return near, None  # from this process's memory: no Redis call to bound or share
         guess = cache.remembered_vary(request.uhash) or self._vary_guess
         key = request.uhash
         if guess:

@@ -268,11 +268,12 @@ class CacheMiddleware:
         response), and return its ``Cache-Status``. Its time goes to ``hit_seconds``, so
         that the two describe the same answers."""
         name = self.config.cache_name
+        near = "; detail=near" if found.near else ""
         if stale:
             self.refresher.refresh_later(request, found, entry)
-            status = hit_status(name, entry, age, "; fwd=stale")
+            status = hit_status(name, entry, age, "; fwd=stale" + near)
         else:
-            status = hit_status(name, entry, age)
+            status = hit_status(name, entry, age, near)
         self.cache.stats.hit += 1
         if request.debug:
             kind = "stale hit" if stale else "hit"

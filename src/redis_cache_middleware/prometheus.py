@@ -44,6 +44,13 @@ Metrics (every sample labelled with the cache's ``namespace``):
 ``redis_cache_redis_errors_total``         Redis errors and timeouts (the cache failed open)
 ``redis_cache_hit_latency_seconds``        summary: ``_count`` hits (as ``hits_total``),
                                            ``_sum`` seconds spent answering them
+``redis_cache_near_hits_total``            hits the near cache answered (also in
+                                           ``hits_total``; ``near_cache_bytes``)
+``redis_cache_near_misses_total``          lookups the near cache, in use, could not answer
+``redis_cache_near_invalidations_total``   keys Redis said changed (tracking pushes)
+``redis_cache_near_emptied_total``         times the near cache was emptied because its
+                                           tracking connection was lost
+``redis_cache_near_bytes``                 gauge: bytes the near cache holds
 =========================================  ===================================================
 """
 
@@ -54,6 +61,7 @@ from collections.abc import Iterable, Iterator, Mapping
 try:
     from prometheus_client.core import (
         CounterMetricFamily,
+        GaugeMetricFamily,
         Metric,
         SummaryMetricFamily,
     )
@@ -93,6 +101,14 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
         "Entries removed because an unsafe request (POST, PUT, ...) to their URL succeeded.",
     ),
     ("redis_errors", "redis_error", "Redis errors and timeouts; the cache failed open."),
+    ("near_hits", "near_hit", "Hits answered from the near cache (also counted in hits)."),
+    ("near_misses", "near_miss", "Lookups the near cache, in use, could not answer."),
+    ("near_invalidations", "near_invalidations", "Keys Redis said changed (tracking)."),
+    (
+        "near_emptied",
+        "near_emptied",
+        "Times the near cache was emptied because its tracking connection was lost.",
+    ),
 )
 
 
@@ -149,6 +165,12 @@ class CacheCollector(Collector):
                 sum_value=_number(snapshot.get("hit_seconds")),
             )
         yield latency
+        held = GaugeMetricFamily(
+            f"{PREFIX}_near_bytes", "Bytes the near cache holds.", labels=["namespace"]
+        )
+        for namespace, snapshot in snapshots.items():
+            held.add_metric([namespace], _number(snapshot.get("near_bytes")))
+        yield held
 
 
 def register(cache: RedisCache, registry: CollectorRegistry = REGISTRY) -> CacheCollector:

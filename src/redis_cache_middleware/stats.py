@@ -51,6 +51,14 @@ class CacheStats:
     #: Seconds spent answering the ``hit`` requests (lookup to last byte handed to the
     #: server): ``hit`` is their count.
     hit_seconds: float = 0.0
+    #: The near cache (``near_cache_bytes``): hits it answered (also counted in ``hit``),
+    #: lookups it could not answer while in use, keys Redis said changed, bytes it holds,
+    #: and times it was emptied because its tracking connection was lost.
+    near_hit: int = 0
+    near_miss: int = 0
+    near_invalidations: int = 0
+    near_bytes: int = 0
+    near_emptied: int = 0
 
     def snapshot(self) -> dict[str, object]:
         """Return a copy of the counters."""
@@ -69,6 +77,11 @@ class CacheStats:
             "collapsed": self.collapsed,
             "invalidated": self.invalidated,
             "hit_seconds": self.hit_seconds,
+            "near_hit": self.near_hit,
+            "near_miss": self.near_miss,
+            "near_invalidations": self.near_invalidations,
+            "near_bytes": self.near_bytes,
+            "near_emptied": self.near_emptied,
         }
 
 

@@ -3,8 +3,10 @@ lock in the same round trip), ``Lookup``, and the decoding of what Redis answers
 
 The hit path: a lookup is one command, and on most hits a plain HGETALL. It sends the reads
 and its two scripts; it reads and updates the shared ``CacheState`` (the generation, what
-this process remembers of URLs). Of the cache's modules it imports ``state``, and
-``fill_locks`` for the lock's type.
+this process remembers of URLs). With the near cache on, a lookup first asks it (no command
+at all), and keeps what it then reads from Redis in it, with the deadline of the PTTL read
+along (``near``). Of the cache's modules it imports ``state``, ``near``, and ``fill_locks``
+for the lock's type.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from .. import entry as entry_codec
 from .. import keys
 from ..entry import CachedEntry, VaryMarker
+from .near import SAFETY, NearCache
 from .state import CacheState, parse_generation
 
 if TYPE_CHECKING:
@@ -77,6 +80,8 @@ class Lookup:
     #: When the lookup was asked to take the URL's fill lock on a miss, and did in the
     #: same round trip: ``ACQUIRED``, ``HELD`` or ``PASS``; else None.
     lock: int | None = None
+    #: Whether the near cache answered (no Redis command was sent).
+    near: bool = False
 
 
 class Reader:
@@ -87,6 +92,25 @@ class Reader:
         self._client = state.client
         self._lookup_script = state.client.register_script(LOOKUP_SCRIPT)
         self._read_script = state.client.register_script(READ_SCRIPT)
+
+    def near_hit(
+        self, uhash: str, values_for: Callable[[tuple[str, ...]], list[bytes | None]]
+    ) -> Lookup | None:
+        """Return the hit the near cache holds for a URL (or for this request's variant of
+        it), with no Redis command and no await; None when it holds none, or is not in use."""
+        state = self._state
+        near = state.near
+        if near is None:
+            return None
+        now = time.monotonic()
+        if not near.usable(now):
+            return None
+        generation = state.generation
+        base = keys.url_key(state.namespace, generation, uhash)
+        held = _near_lookup(near, base, now, values_for, generation)
+        if held is not None:
+            near.stats.near_hit += 1
+        return held
 
     async def lookup(
         self,
@@ -107,16 +131,33 @@ class Reader:
         seconds; ``Lookup.lock`` says how that went (None when it was not tried).
         """
         state = self._state
-        if guess is None:
-            guess = state.vary_names.get(uhash)
         generation = state.generation
         base = keys.url_key(state.namespace, generation, uhash)
+        near = state.near
+        #: The near cache's serial before the reads were sent (None: nothing is kept).
+        since: int | None = None
+        began = 0.0
+        if near is not None:
+            began = time.monotonic()
+            if near.usable(began):
+                held = _near_lookup(near, base, began, values_for, generation)
+                if held is not None:
+                    near.stats.near_hit += 1
+                    return held
+                near.stats.near_miss += 1
+                since = near.serial
+            elif state.tracker is not None:
+                state.tracker.wake()
+        if guess is None:
+            guess = state.vary_names.get(uhash)
         guessed_key: str | None = None
         check = time.monotonic() - state.generation_checked_at >= state.generation_interval
         #: The PTTL a script read with the URL's key (None: a plain HGETALL read it).
         known_ttl: Any = None
+        #: READ_SCRIPT's whole reply, when it read the guessed variant too.
+        read_reply: Any = None
         if not guess and not check:
-            if state.stored_until.get(uhash, 0.0) >= time.monotonic():
+            if since is None and state.stored_until.get(uhash, 0.0) >= time.monotonic():
                 # The common hit: one plain HGETALL. This process knows the key has a TTL
                 # until then (its own store set it, or a script read it): a key without one
                 # (not ours) is caught by the next script read, once that deadline passes.
@@ -165,6 +206,10 @@ class Reader:
                 base = keys.url_key(state.namespace, generation, uhash)
                 check = False
         found = decode_reply(replies[1])
+        if since is not None and found is not None and isinstance(known_ttl, int):
+            assert near is not None
+            if known_ttl > 0:
+                near.keep(base, uhash, found, began + known_ttl / 1000 - SAFETY, since)
         if found is None:
             state.stored_until.pop(uhash, None)
             status = "uri-miss" if _is_empty(replies[1]) else "corrupt"
@@ -183,9 +228,18 @@ class Reader:
         vkey = keys.variant_key(base, keys.variant_hash(names, values_for(names)))
         if guessed_key is not None and guess == names:
             variant_reply = replies[2]
+            variant_ttl = read_reply[2] if isinstance(read_reply, list) else None
         else:
-            (variant_reply,) = await self._read([vkey])
+            if since is not None:
+                began = time.monotonic()
+            variant_read = await self._read_reply([vkey])
+            variant_ttl = _first_pttl(variant_read)
+            (variant_reply,) = _hash_replies(variant_read, 1)
         variant = decode_reply(variant_reply)
+        if since is not None and isinstance(variant, CachedEntry) and isinstance(variant_ttl, int):
+            assert near is not None
+            if variant_ttl > 0:
+                near.keep(vkey, uhash, variant, began + variant_ttl / 1000 - SAFETY, since)
         if isinstance(variant, CachedEntry):
             return Lookup(state="hit", generation=generation, entry=variant, names=names, key=vkey)
         status = "vary-miss" if _is_empty(variant_reply) else "corrupt"
@@ -230,11 +284,6 @@ class Reader:
         except ResponseError as exc:  # WRONGTYPE: garbage at our key, a miss
             return _garbage_or_raise(exc)
 
-    async def _read(self, read_keys: list[str]) -> list[Any]:
-        """Return, for each key (of one URL: one slot), its fields as HGETALL would, or
-        ``NOT_OURS`` for a key holding another type or a hash without a TTL: one command."""
-        return _hash_replies(await self._read_reply(read_keys), len(read_keys))
-
     async def _read_reply(self, read_keys: list[str]) -> Any:
         """Return READ_SCRIPT's reply for the keys (PTTL, fields, per key): one command."""
         script = self._read_script
@@ -262,7 +311,7 @@ def _is_empty(reply: Any) -> bool:
 
 
 class _NotOurs:
-    """What ``_read`` gives for a key we did not write: it holds another type than a hash,
+    """What ``_hash_replies`` gives for a key we did not write: it holds another type than a hash,
     or it is a hash without a TTL (our stores always set one). Decodes as nothing, and is
     not empty: a lookup reads it as "corrupt", and the next store overwrites it."""
 
@@ -304,3 +353,27 @@ def decode_reply(reply: Any) -> CachedEntry | VaryMarker | None:
     if isinstance(reply, list) and reply:  # RESP2 parsers without the callback: flat pairs
         return entry_codec.decode(dict(zip(reply[::2], reply[1::2], strict=False)))
     return None
+
+
+def _near_lookup(
+    near: NearCache,
+    base: str,
+    now: float,
+    values_for: Callable[[tuple[str, ...]], list[bytes | None]],
+    generation: int,
+) -> Lookup | None:
+    """Return the hit the near cache holds for a URL (its key ``base``) or this request's
+    variant of it, or None."""
+    held = near.get(base, now)
+    if held is None:
+        return None
+    if isinstance(held, CachedEntry):
+        return Lookup(state="hit", generation=generation, entry=held, key=base, near=True)
+    names = held.names
+    vkey = keys.variant_key(base, keys.variant_hash(names, values_for(names)))
+    variant = near.get(vkey, now)
+    if not isinstance(variant, CachedEntry):
+        return None
+    return Lookup(
+        state="hit", generation=generation, entry=variant, names=names, key=vkey, near=True
+    )

@@ -199,6 +199,8 @@ class Purger:
         marked = await self._mark([([tkey], [now_ms]) for tkey in tkeys])
         members = sorted(self._own_keys(m for pairs in marked for m, _ in pairs))
         removed = await self._unlink(_by_slot(members))
+        if state.near is not None:
+            state.near.drop_keys(members)
         # Remove only what was read, and only where nothing was stored since: an entry
         # tagged meanwhile, or the same URL stored again, stays findable.
         await self._sweep([([tkey], pairs) for tkey, pairs in zip(tkeys, marked, strict=True)])

@@ -4,8 +4,9 @@ and the small helpers more than one part uses.
 
 ``RedisCache`` makes one ``CacheState`` and hands it to its parts (``lookup``, ``store``,
 ``purging``, ``inspection``). The commands it sends itself connect (``warm_up``) and read and
-bump the generation; it queues the parts' scripts in their pipelines. Of the cache's modules
-it imports only ``connect``.
+bump the generation; it queues the parts' scripts in their pipelines. It holds the near cache
+and its tracker when ``near_cache_bytes`` turns them on. Of the cache's modules it imports
+``connect``, ``lane``, ``near`` and ``tracking``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ from collections import OrderedDict
 from typing import Any
 
 from .. import keys
+from ..stats import CacheStats
 from .connect import AnyRedis, is_cluster
 from .lane import Lane, LaneUnavailable, suits
+from .near import NearCache, check_near_cache_bytes
+from .tracking import Tracker
 
 #: How many URLs' Vary names a process remembers, to fetch a variant in the first round trip.
 VARY_MEMORY = 4096
+#: Seconds ``connect`` waits for the near cache's tracking to be confirmed.
+NEAR_START = 1.0
 
 
 class CacheState:
@@ -35,7 +41,9 @@ class CacheState:
         "generation_key",
         "lane",
         "namespace",
+        "near",
         "stored_until",
+        "tracker",
         "vary_names",
     )
 
@@ -60,6 +68,26 @@ class CacheState:
         #: Oldest first: an OrderedDict, whose oldest entry goes in O(1) (a dict's first key
         #: is found by scanning past the ones deleted before it).
         self.stored_until: OrderedDict[str, float] = OrderedDict()
+        #: The near cache and what keeps it coherent (``enable_near``); None: off.
+        self.near: NearCache | None = None
+        self.tracker: Tracker | None = None
+
+    def enable_near(self, near_cache_bytes: object, stats: CacheStats) -> None:
+        """Check ``near_cache_bytes`` (``ConfigError``) and, unless 0, turn the near cache on."""
+        max_bytes = check_near_cache_bytes(near_cache_bytes)
+        if max_bytes == 0:
+            return
+        self.near = NearCache(max_bytes, stats, self.generation_key, self._generation_changed)
+        self.tracker = Tracker(self.client, self.namespace, self.near, self.cluster)
+
+    def _generation_changed(self) -> None:
+        """The namespace may have a new generation: the next lookup reads it."""
+        self.generation_checked_at = float("-inf")
+
+    def drop_near(self, uhash: str) -> None:
+        """Drop what the near cache holds for a URL (this process wrote it)."""
+        if self.near is not None:
+            self.near.drop_url(uhash)
 
     async def connect(self) -> None:
         """Open a connection (on a cluster, read the slot map) and read the generation."""
@@ -71,6 +99,8 @@ class CacheState:
             except LaneUnavailable:
                 self.lane = None
         await self.current_generation()
+        if self.tracker is not None:
+            await self.tracker.start(NEAR_START)
 
     async def current_generation(self) -> int:
         """Read the namespace generation from Redis, and return it."""
@@ -85,6 +115,8 @@ class CacheState:
         self.generation_checked_at = time.monotonic()
         self.vary_names.clear()
         self.stored_until.clear()
+        if self.near is not None:
+            self.near.empty()
 
     def remember_stored(self, uhash: str, seconds: float) -> None:
         if seconds <= 0:
@@ -108,6 +140,7 @@ class CacheState:
         """Forget what this process remembered of a URL (it was purged)."""
         self.remember_vary(uhash, None)
         self.stored_until.pop(uhash, None)
+        self.drop_near(uhash)
 
     async def run_script(
         self, script: Any, script_keys: list[str], args: list[Any], *, urgent: bool = False
@@ -134,7 +167,10 @@ class CacheState:
         return await self.client.hgetall(key)
 
     async def aclose(self) -> None:
-        """Give the lane's connection back (before the client closes, if it does)."""
+        """Stop tracking, and give the lane's connection back (before the client closes, if
+        it does)."""
+        if self.tracker is not None:
+            await self.tracker.aclose()
         if self.lane is not None:
             await self.lane.aclose()
 

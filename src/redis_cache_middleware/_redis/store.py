@@ -234,6 +234,7 @@ class Writer:
                     ttl_ms,
                 )
                 await index_pipe.execute()
+        state.drop_near(uhash)
         state.remember_vary(uhash, names or None)
         if not names:
             state.remember_stored(uhash, ttl)
@@ -362,6 +363,7 @@ class Writer:
             [entry_codec.F_STORED_AT, entry_codec.encode_number(stored_at)],
         )
         dropped = int(result) == 1
+        self._state.drop_near(uhash)
         if dropped:
             # A hint only: the next lookup may try the lock.
             self._state.stored_until.pop(uhash, None)
