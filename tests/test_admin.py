@@ -7,12 +7,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from redis_cache_middleware import CacheMiddleware, RedisCache
 from redis_cache_middleware.exceptions import ConfigError
 
 from .conftest import RedisServer, free_port
+from .helpers import TEST_TIMEOUT
 from .tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.anyio
@@ -155,3 +157,55 @@ async def test_startup_heap_is_frozen_once_the_app_has_started(
         assert gc.get_freeze_count() <= frozen  # frozen objects freed since go from the count
     finally:
         gc.unfreeze()
+
+
+async def test_the_whole_app_wrapped_runs_its_lifespan_and_answers_hits_before_it(
+    redis_client: Any, namespace: str
+) -> None:
+    """``CacheMiddleware(api, ...)`` around a whole FastAPI app (the README's fastest hits):
+    FastAPI's own lifespan runs through it, and a hit never enters FastAPI."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    events: list[str] = []
+    entered: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        events.append("startup")
+        yield
+        events.append("shutdown")
+
+    api = FastAPI(lifespan=lifespan)
+
+    @api.get("/item")
+    async def item() -> dict[str, int]:
+        return {"n": len(entered)}
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            entered.append(scope["path"])
+        await api(scope, receive, send)
+
+    cache = RedisCache(redis_client, namespace=namespace)
+    app = CacheMiddleware(counting, cache=cache, default_ttl=60, timeout=TEST_TIMEOUT)
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> Any:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert events == ["startup", "shutdown"]
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        first = await http.get("/item")
+        second = await http.get("/item")
+    assert first.headers["cache-status"].endswith("; stored")
+    assert second.headers["cache-status"].startswith("redis-cache; hit")
+    assert second.json() == {"n": 1} and entered == ["/item"]
