@@ -314,6 +314,51 @@ async def test_a_near_hit_calls_neither_the_app_nor_redis(own_redis_server: Redi
         await close(w)
 
 
+async def test_stale_answers_from_the_near_cache_as_from_redis(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """stale-while-revalidate and stale-if-error on an entry the near cache holds: served
+    stale and refreshed behind the answer, or standing in for the app's error, as a Redis
+    hit's entry is."""
+    calls = Counter[str]()
+    failing = {"now": False}
+
+    async def page(request: Request) -> Response:
+        path = request.url.path
+        if failing["now"]:
+            return Response("down", status_code=503)
+        calls[path] += 1
+        window = "stale-while-revalidate=30" if path == "/swr" else "stale-if-error=60"
+        headers = {"cache-control": f"max-age=1, {window}"}
+        return Response(f"{path} v{calls[path]}", headers=headers)
+
+    cache = RedisCache.from_url(redis_server.url, namespace=namespace, near_cache_bytes=2**20)
+    assert await cache.warm_up(timeout=5)
+    app = Starlette(routes=[Route("/swr", page), Route("/sie", page)])
+    app.add_middleware(CacheMiddleware, cache=cache)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            w = Worker(cache, http)
+            for path in ("/swr", "/sie"):
+                assert (await http.get(path)).headers["cache-status"].endswith("; stored")
+                assert await until_near(w, path) == f"{path} v1"
+            await asyncio.sleep(1.1)  # both past their freshness, within their stale windows
+            stale = await http.get("/swr")
+            assert stale.text == "/swr v1" and int(stale.headers["age"]) >= 1
+            status = stale.headers["cache-status"]
+            assert "; hit;" in status and "fwd=stale" in status and "detail=near" in status
+            await poll("the background refresh", lambda: calls["/swr"] == 2)
+            assert await until_near(w, "/swr") == "/swr v2"
+            failing["now"] = True
+            stand_in = await http.get("/sie")
+            assert stand_in.status_code == 200 and stand_in.text == "/sie v1"
+            assert "detail=stale-if-error" in stand_in.headers["cache-status"]
+            assert calls["/sie"] == 1
+    finally:
+        await cache.aclose()
+
+
 async def test_closing_the_cache_stops_tracking_without_counting_a_loss(
     redis_server: RedisServer, namespace: str
 ) -> None:
