@@ -141,3 +141,25 @@ async def test_another_worker_waits_for_a_store_still_under_way(
     assert "collapsed" in status_of(b_sent) or "hit" in status_of(b_sent).split("; ")
     assert body_of(b_sent).startswith(b"/shared? call=1")
     assert origin.calls["/shared"] == 1
+
+
+async def test_a_client_gone_while_the_response_is_sent_still_leaves_the_entry(
+    cache: RedisCache,
+) -> None:
+    """A server whose ``send`` raises for a client that went away: the app's answer, which
+    the cache held whole, is stored all the same (as when the store came first), and the
+    next request is a hit."""
+    origin = Origin()
+    app = middleware(cache, origin)
+
+    async def gone(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            raise OSError("the client went away")
+
+    with pytest.raises(OSError, match="went away"):
+        await app(http_scope("/gone"), receive, gone)
+    assert cache.stats.stored == 1
+    again: list[Message] = []
+    await app(http_scope("/gone"), receive, collect(again))
+    assert status_of(again).startswith("redis-cache; hit")
+    assert body_of(again).startswith(b"/gone? call=1") and origin.calls["/gone"] == 1

@@ -300,8 +300,14 @@ class Forward:
                         # after), before the app's send returns. Another process's request
                         # for the URL finds the entry, or the fill lock the store releases,
                         # and waits for it.
-                        await self._release_start(stored=True, detail=None)
-                        await self._send(message)
+                        # A client gone meanwhile (a server whose send then raises) does not
+                        # cost the cache the app's answer: it is stored all the same.
+                        try:
+                            await self._release_start(stored=True, detail=None)
+                            await self._send(message)
+                        except Exception:
+                            self.stored = await self._store()
+                            raise
                         self.stored = await self._store()
                         return
                     if self.complete:
