@@ -629,10 +629,24 @@ async def test_sentinel_failover_empties_then_tracks_the_new_master(
         # Promoted by the sentinel, the replica holds the entry: B tracks it there.
         assert await until_near(b, "/p/a", timeout=40) == "a v1"
         assert setup.master_port() == setup.replica.port
+        await until_a_master(a)
         await a.cache.purge_url("http://testserver/p/a")
         await until_changed(b, "/p/a", "a v1")
     finally:
         await close(a, b)
+
+
+async def until_a_master(w: Worker, timeout: float = 10) -> None:
+    """Wait until the sentinel names a master to this worker's client too: just after a
+    promotion it may still answer "no master found" for a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await w.cache.client.ping()
+            return
+        except redis.RedisError:
+            assert time.monotonic() < deadline, "the sentinel named no master"
+            await asyncio.sleep(0.05)
 
 
 def _caught_up(setup: SentinelSetup) -> bool:
