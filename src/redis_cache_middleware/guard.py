@@ -7,12 +7,13 @@ May call: the cache's breaker and stats; nothing on the request path.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import ResponseError
 
-from ._timeouts import bounded, run_bounded
+from ._timeouts import Bound, run_bounded
 from .stats import RateLimitedWarning
 
 if TYPE_CHECKING:
@@ -51,9 +52,16 @@ async def guarded(
         if cache.isolate_calls:
             result = await run_bounded(call, timeout, isolate=True)
         else:
-            # run_bounded's other way, inlined: one coroutine frame less on every hit.
-            async with bounded(timeout):
+            # In the request's own task, under a Bound: asyncio.timeout's behaviour without
+            # a timer of the event loop started and stopped for each call.
+            bound = Bound(timeout)
+            try:
                 result = await call()
+            except BaseException as exc:
+                if bound.close(exc):
+                    raise asyncio.TimeoutError from exc
+                raise
+            bound.close(None)
     except Exception as exc:
         stats = cache.stats
         stats.redis_error += 1
