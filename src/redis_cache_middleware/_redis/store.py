@@ -33,9 +33,9 @@ STORE_PLAIN, STORE_VARY_KEEP_MARKER, STORE_VARY_NEW_MARKER = 0, 1, 2
 #: set of hosts ('h'); ARGV: kind, ttl ms, now ms, expiry ms, member, prune batch.
 INDEX_SCRIPT = """
 local kind, ttl, now, expiry, member = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+-- A key's TTL goes up to ttl, never down; one without a TTL (GT sees it as infinite) gets it.
 local function grow(k)
-  redis.call('PEXPIRE', k, ttl, 'NX')
-  redis.call('PEXPIRE', k, ttl, 'GT')
+  if redis.call('PEXPIRE', k, ttl, 'GT') == 0 then redis.call('PEXPIRE', k, ttl, 'NX') end
 end
 if kind == 't' then
   redis.call('ZADD', KEYS[1], expiry, member)
@@ -50,8 +50,8 @@ elseif kind == 'p' then
   end
   grow(KEYS[2])
 else
+  -- GT adds a new member too; an existing one's expiry only goes up.
   redis.call('ZADD', KEYS[1], 'GT', expiry, member)
-  redis.call('ZADD', KEYS[1], 'NX', expiry, member)
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 end
 grow(KEYS[1])
@@ -83,9 +83,9 @@ STORE_SCRIPT = """
 redis.call('SETRANGE', KEYS[1] .. ':oom', 0, '')
 local ttl, now, expiry, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local nf = tonumber(ARGV[10])
+-- A key's TTL goes up to ttl, never down; one without a TTL (GT sees it as infinite) gets it.
 local function grow(k)
-  redis.call('PEXPIRE', k, ttl, 'NX')
-  redis.call('PEXPIRE', k, ttl, 'GT')
+  if redis.call('PEXPIRE', k, ttl, 'GT') == 0 then redis.call('PEXPIRE', k, ttl, 'NX') end
 end
 local function put(k, first, last)
   redis.call('DEL', k)
@@ -140,8 +140,8 @@ if ARGV[7] ~= '' then
   end
   grow(KEYS[5])
   grow(KEYS[6])
+  -- GT adds a new member too; an existing one's expiry only goes up.
   redis.call('ZADD', KEYS[7], 'GT', expiry, ARGV[7])
-  redis.call('ZADD', KEYS[7], 'NX', expiry, ARGV[7])
   redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
   grow(KEYS[7])
 end
