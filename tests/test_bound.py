@@ -8,7 +8,9 @@ check the ones that must not fire, too.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -167,3 +169,17 @@ def test_a_bound_outside_a_task_is_refused() -> None:
     finally:
         loop.close()
     assert len(errors) == 1 and "inside a task" in str(errors[0])
+
+
+def test_a_loop_closed_with_a_deadline_pending_is_freed(run: Any) -> None:
+    # The watch's timer is still armed when the loop closes (the bound ended long before its
+    # deadline): nothing of ours may keep the loop alive.
+    made: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main() -> str:
+        made.append(weakref.ref(asyncio.get_running_loop()))
+        return await bounded(60, 0)
+
+    assert run(main()) == "done"
+    gc.collect()
+    assert made[0]() is None

@@ -160,11 +160,13 @@ class _Watch:
     __slots__ = ("_heap", "_seq", "_timer", "_timer_at")
 
     def __init__(self) -> None:
-        # No reference to the loop (it keys the watch in a weak dictionary): the methods
-        # are given it, or run in it.
+        # No strong reference to the loop, which keys the watch in a weak dictionary: the
+        # methods are given it, or run in it, and the timer (which holds the loop, and which
+        # the loop holds while it is armed) is held weakly, so that a loop closed with its
+        # timer armed is freed.
         self._heap: list[tuple[float, int, Bound]] = []
         self._seq = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: weakref.ref[asyncio.TimerHandle] | None = None
         self._timer_at = float("inf")
 
     def add(self, loop: asyncio.AbstractEventLoop, deadline: float, bound: Bound) -> None:
@@ -174,10 +176,11 @@ class _Watch:
             self._arm(loop, deadline)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        timer = self._timer() if self._timer is not None else None
+        if timer is not None:
+            timer.cancel()
         self._timer_at = deadline
-        self._timer = loop.call_at(deadline, self._fire, loop)
+        self._timer = weakref.ref(loop.call_at(deadline, self._fire, loop))
 
     def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
