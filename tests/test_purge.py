@@ -102,6 +102,31 @@ async def test_tag_sets_are_pruned_and_expire(cache: RedisCache, redis_client: A
         assert 99_000 < await redis_client.pttl(tkey) <= 100_000
 
 
+async def test_index_ttls_never_go_down(cache: RedisCache, redis_client: Any) -> None:
+    """A shorter-lived entry stored after a longer-lived one leaves every index it joins
+    (its tag set, its host's path indexes, the set of hosts) living as long as the longer
+    one: each index key's TTL only grows."""
+    origin = Origin(
+        specs={
+            "/long": Spec(headers=[("cache-control", "max-age=100"), ("surrogate-key", "t")]),
+            "/short": Spec(headers=[("cache-control", "max-age=1"), ("surrogate-key", "t")]),
+        }
+    )
+    ns = cache.namespace
+    lex, exp = keys.prefix_keys(ns, 0, b"testserver")
+    indexes = (keys.tag_key(ns, 0, "t"), lex, exp, keys.hosts_key(ns, 0))
+    async with make_client(cache, origin) as client:
+        await client.get("/long")
+        for key in indexes:
+            assert 99_000 < await redis_client.pttl(key) <= 100_000, key
+        await client.get("/short")
+        for key in indexes:
+            assert 98_000 < await redis_client.pttl(key) <= 100_000, key
+    hosts = await redis_client.zrange(keys.hosts_key(ns, 0), 0, -1, withscores=True)
+    assert [host for host, _ in hosts] == [b"testserver"]
+    assert hosts[0][1] > time.time() * 1000 + 98_000  # the later, shorter store kept its expiry
+
+
 async def test_purge_prefix_leaves_siblings(cache: RedisCache) -> None:
     origin = Origin()
     paths = ["/users", "/users?page=2", "/users/1", "/users/1/posts", "/users2", "/userspace/x"]
