@@ -309,6 +309,40 @@ async def test_blackholed_redis_bounded_by_timeout(blackhole: int, namespace: st
     assert elapsed < 1.0
 
 
+async def test_hanging_redis_calls_end_at_the_timeout_and_the_task_carries_on(
+    cache: RedisCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lookup and a store that never answer are each cut off at ``timeout`` (the guard's
+    ``Bound``), on every backend: the response comes from the app, says redis-error, and the
+    request's task is not left cancelled (the same client's next request works too)."""
+    hung = asyncio.Event()
+
+    async def hanging(*args: Any, **kwargs: Any) -> None:
+        await hung.wait()  # never set
+
+    origin = Origin()
+    async with make_client(cache, origin, default_ttl=60, timeout=0.1) as client:
+        monkeypatch.setattr(cache, "lookup", hanging)
+        started = time.monotonic()
+        first = await client.get("/hang")
+        took = time.monotonic() - started
+        monkeypatch.undo()
+        monkeypatch.setattr(cache, "store", hanging)
+        second = await client.get("/hang")
+        monkeypatch.undo()
+        third = await client.get("/hang")
+    assert first.status_code == second.status_code == third.status_code == 200
+    status = first.headers["cache-status"]
+    assert status == "redis-cache; fwd=miss; fwd-status=200; detail=redis-error"
+    assert took < 1.0  # the lookup's 0.1 s, not the hang
+    assert [r.content.split(b" ")[1] for r in (first, second, third)] == [
+        b"call=1",
+        b"call=2",
+        b"call=3",
+    ]
+    assert cache.stats.redis_error == 2
+
+
 async def test_store_failure_still_delivers_response(
     cache: RedisCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:

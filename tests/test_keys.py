@@ -496,3 +496,23 @@ def test_remembered_url_hashes_follow_ignore_query_params() -> None:
     assert cache.url_hash("http", b"h", "/p", b"a=1") == plain
     assert cache.url_hash("https", b"h", "/p", b"a=1") != plain  # the scheme is keyed
     assert cache.url_hash("http", b"h", "/p", b"a=1", "POST") != plain  # and the method
+
+
+def test_the_shared_packer_is_left_empty_by_a_pack_that_fails() -> None:
+    # Keys and entries share one msgpack packer (``_msgpack.packb``). A path with a lone
+    # surrogate fails to pack after the items before it were written: nothing of them may
+    # reach the next pack, or every key after it would change.
+    import hashlib
+
+    import msgpack
+
+    from redis_cache_middleware._msgpack import packb
+
+    items = ["GET", "http", b"h", "/a", b"q=1"]
+    expected = msgpack.packb(items, use_bin_type=True)
+    with pytest.raises(UnicodeEncodeError):
+        packb(["GET", "http", b"h", "/a\udc80", b""])
+    assert packb(items) == expected
+    url_hash("GET", "http", b"h", "/a\udc80", b"")  # the fallback after the failed pack
+    digest = hashlib.blake2b(expected, digest_size=16).hexdigest()
+    assert url_hash("GET", "http", b"h", "/a", b"q=1") == digest

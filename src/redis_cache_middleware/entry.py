@@ -29,12 +29,8 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from ._msgpack import packb
 from ._types import RawHeaders
-
-#: msgpack with ``bin`` for bytes. One packer for the module: ``msgpack.packb`` builds a
-#: packer and its buffer on every call, a third of the cost of packing a few headers. A pack
-#: runs whole under the GIL and leaves the packer empty, an error included.
-_packb = msgpack.Packer(use_bin_type=True).pack
 
 SCHEMA_VERSION = b"1"
 
@@ -124,7 +120,7 @@ def encode(entry: CachedEntry) -> dict[bytes, bytes]:
     return {
         F_VERSION: SCHEMA_VERSION,
         F_STATUS: str(entry.status).encode(),
-        F_HEADERS: _packb([[n, v] for n, v in entry.headers]),
+        F_HEADERS: packb([[n, v] for n, v in entry.headers]),
         F_BODY: entry.body,
         F_STORED_AT: encode_number(entry.stored_at),
         F_FRESH_FOR: encode_number(entry.fresh_for),
@@ -133,8 +129,8 @@ def encode(entry: CachedEntry) -> dict[bytes, bytes]:
         F_SIE: encode_number(entry.stale_if_error),
         F_INITIAL_AGE: encode_number(entry.initial_age),
         F_AUTH: b"1" if entry.shared_with_auth else b"0",
-        F_TAGS: _packb(list(entry.tags)),
-        F_VARY_REQUEST: _packb(
+        F_TAGS: packb(list(entry.tags)),
+        F_VARY_REQUEST: packb(
             [
                 [n, REDACTED if n in REDACTED_HEADERS and v is not None else v]
                 for n, v in entry.request_vary
@@ -147,7 +143,7 @@ def encode_marker(marker: VaryMarker) -> dict[bytes, bytes]:
     """Return the hash fields that store a Vary marker."""
     return {
         F_VERSION: SCHEMA_VERSION,
-        F_VARY: _packb(list(marker.names)),
+        F_VARY: packb(list(marker.names)),
     }
 
 

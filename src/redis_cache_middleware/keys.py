@@ -37,17 +37,11 @@ from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from urllib.parse import unquote_plus
 
-import msgpack
-
+from ._msgpack import packb
 from .exceptions import ConfigError
 
 #: Namespaces are plain so that they can never open a hash tag or collide with our separators.
 NAMESPACE_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,64}\Z")
-
-#: msgpack with ``bin`` for bytes. One packer for the module: ``msgpack.packb`` builds a
-#: packer and its buffer on every call, a third of the cost of packing a few headers. A pack
-#: runs whole under the GIL and leaves the packer empty, an error included.
-_packb = msgpack.Packer(use_bin_type=True).pack
 
 _DEFAULT_PORTS = {"http": b":80", "https": b":443", "ws": b":80", "wss": b":443"}
 
@@ -180,11 +174,11 @@ def url_hash(
 ) -> str:
     """Return the hash that names a URL's keys."""
     try:
-        packed = _packb([method_class, scheme, host, path, query])
+        packed = packb([method_class, scheme, host, path, query])
     except UnicodeEncodeError:
         # Lone surrogates (a raw ASGI path no conforming server sends): keyed by their
         # escaped bytes, in a shape (six items) no well-formed URL packs to.
-        packed = _packb(
+        packed = packb(
             [
                 "surrogates",
                 method_class,
@@ -207,7 +201,7 @@ def variant_hash(names: Sequence[str], values: Sequence[bytes | None]) -> str:
     An absent header (None) encodes differently from an empty one, and the names are part of
     the hash, so a variant stored under one Vary list is never found under another.
     """
-    return _digest(_packb([list(names), list(values)]))
+    return _digest(packb([list(names), list(values)]))
 
 
 def generation_key(namespace: str) -> str:
