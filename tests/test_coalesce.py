@@ -6,8 +6,8 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Collection, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Collection, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,12 @@ import pytest
 import redis
 from starlette.responses import Response
 
-from redis_cache_middleware import CacheMiddleware, RedisCache, keys
+from redis_cache_middleware import CacheMiddleware, RedisCache, coalesce, keys
 from redis_cache_middleware._redis.lane import Lane
 from redis_cache_middleware.cache import FillLock
-from redis_cache_middleware.coalesce import POLL_CAP
+from redis_cache_middleware.coalesce import POLL_CAP, Fills
 from redis_cache_middleware.config import CacheConfig
+from redis_cache_middleware.forward import Outcome
 
 from .conftest import RedisServer
 from .helpers import Origin, Spec, http_scope, make_client, uvicorn_on_loopback
@@ -818,6 +819,34 @@ async def test_takeover_across_processes_one_waiter_for_all(
     if later_calls == "fast":
         assert origin.calls["/both"] == 2
         assert done_before_gate == 50
+
+
+async def test_an_end_in_the_same_turn_as_the_deadline_is_not_a_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fill that ends in the loop turn its follower's wait runs out in: the follower must
+    see the end. Taken for a timeout, it would follow the next fill for a whole
+    coalesce_timeout and then call the app again, beside the entry just stored."""
+    fills = Fills()
+
+    @asynccontextmanager
+    async def end_and_deadline_together(timeout: float) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def both() -> None:
+            fills.end(Outcome.STORED)  # the fill ends...
+            task.cancel()  # ...and the wait's deadline passes, in one turn of the loop
+
+        asyncio.get_running_loop().call_soon(both)
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise asyncio.TimeoutError from None
+
+    monkeypatch.setattr(coalesce, "bounded", end_and_deadline_together)
+    fills.running = 1
+    assert await fills.next_end(5.0) is Outcome.STORED
 
 
 async def test_takeover_without_redis_is_decided_in_the_process(

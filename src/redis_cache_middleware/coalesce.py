@@ -304,11 +304,15 @@ class Fills:
         """Wait for the next of them to end: its outcome, or ``TIMEOUT`` after ``timeout``."""
         if timeout <= 0:
             return Outcome.TIMEOUT
+        ended = self._ended
         try:
             async with bounded(timeout):
-                return await asyncio.shield(self._ended)
+                return await asyncio.shield(ended)
         except asyncio.TimeoutError:  # TimeoutError on 3.11+, not on 3.10
-            return Outcome.TIMEOUT
+            # An end in the same turn of the loop as the deadline is still an end: taken
+            # for a timeout, its followers would wait for the next one (a whole
+            # coalesce_timeout) and then call the app beside an entry already stored.
+            return ended.result() if ended.done() else Outcome.TIMEOUT
 
     def claim_takeover(self, window: float) -> bool:
         """Whether a waiter whose wait ran out is the first of this process to in ``window``
