@@ -40,9 +40,11 @@ ABLATIONS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             (
                 "cache.py",
                 "generation_check_interval: float = 1.0,\n        admin_timeout: float | None = "
-                "5.0,\n        multiplex: bool = True,\n        socket_timeout",
+                "5.0,\n        multiplex: bool = True,\n        near_cache_bytes: int = 0,\n"
+                "        wait_in_place: float = WAIT_IN_PLACE,\n        socket_timeout",
                 "generation_check_interval: float = 0.0,\n        admin_timeout: float | None = "
-                "5.0,\n        multiplex: bool = True,\n        socket_timeout",
+                "5.0,\n        multiplex: bool = True,\n        near_cache_bytes: int = 0,\n"
+                "        wait_in_place: float = WAIT_IN_PLACE,\n        socket_timeout",
             ),
         ],
     ),
@@ -65,14 +67,14 @@ ABLATIONS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         "a hot URL's key hash is remembered, not recomputed (query parsing, msgpack, blake2b)",
         [("_redis/url_keys.py", "uhash = self._hash_memo.get(memo_key)", "uhash = None")],
     ),
-    "store_first": (
-        "a response sent whole is stored before its headers leave, so Cache-Status says "
-        "'stored' only when it was (without: sent first, stored after, no 'stored' claim)",
+    "store_while_sending": (
+        "a response sent whole goes out as its store is sent, not after Redis's reply (without: "
+        "every store completes before the response's headers leave)",
         [
             (
                 "forward.py",
-                " " * 20 + "if self.complete:\n" + " " * 24 + "# Sent whole: store",
-                " " * 20 + "if False:\n" + " " * 24 + "# Sent whole: store",
+                "if self.complete and self.ctx.stores_taken:",
+                "if False:",
             )
         ],
     ),
@@ -92,10 +94,15 @@ ABLATIONS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         [
             (
                 "_redis/state.py",
-                "self.lane = Lane(client) if multiplex",
-                "self.lane = Lane(client) if False",
+                "if multiplex and not self.cluster and suits(client)",
+                "if False",
             )
         ],
+    ),
+    "wait_in_place": (
+        "a likely miss's lookup waits for its reply in place while the event loop has time to "
+        "spare (without: awaited, read when the loop comes round)",
+        [("_redis/connect.py", "WAIT_IN_PLACE = 0.0003\n", "WAIT_IN_PLACE = 0.0\n")],
     ),
     "freeze_gc": (
         "the app's startup heap frozen once it has started (without: full collections walk it)",

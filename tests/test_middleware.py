@@ -576,7 +576,14 @@ async def test_debug_log_tells_each_other_decision_and_nothing_louder(
     cache: RedisCache, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="redis_cache_middleware")
-    origin = Origin(specs={"/private": Spec(headers=[("cache-control", "private")])})
+
+    class BurstOrigin(Origin):
+        async def respond(self, request: Any) -> Any:
+            if request.url.path == "/burst":
+                await asyncio.sleep(0.05)  # the burst's first fill is still under way
+            return await super().respond(request)
+
+    origin = BurstOrigin(specs={"/private": Spec(headers=[("cache-control", "private")])})
     async with make_client(cache, origin, default_ttl=60, rules={"/never": None}) as client:
         await client.get("/private")
         await client.get("/never")

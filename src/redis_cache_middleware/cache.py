@@ -29,6 +29,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from ._redis.connect import (
     CLUSTER_SCHEMES,
     SENTINEL_SCHEMES,
+    WAIT_IN_PLACE,
     AnyRedis,
     check_options,
     client_for_url,
@@ -129,6 +130,7 @@ class RedisCache:
     ``docs/scaling.md``). ``namespace`` prefixes every key (letters, digits, ``_ . -``; at most 64).
 
     ``multiplex``: a request's commands pipelined on one pooled connection (``_redis/lane.py``).
+    ``wait_in_place``: how long a likely miss may block the loop for its lookup (``in_place.py``).
     ``near_cache_bytes``: hits from process memory, kept coherent by Redis (``_redis/near.py``).
     """
 
@@ -144,8 +146,11 @@ class RedisCache:
         admin_timeout: float | None = 5.0,
         multiplex: bool = True,
         near_cache_bytes: int = 0,
+        wait_in_place: float = WAIT_IN_PLACE,
     ) -> None:
-        check_options(client, namespace, admin_timeout, generation_check_interval, multiplex)
+        check_options(
+            client, namespace, admin_timeout, generation_check_interval, multiplex, wait_in_place
+        )
         #: Bounds each purge, clear, inspect and scan call (the middleware bounds its own calls
         #: with its ``timeout``): a client without a socket timeout cannot hang them.
         self.admin_timeout = admin_timeout
@@ -153,7 +158,7 @@ class RedisCache:
         self.namespace = namespace
         #: The generation, and what this process remembers of URLs, shared by the parts.
         self._state = CacheState(
-            client, namespace, float(generation_check_interval), multiplex=multiplex
+            client, namespace, float(generation_check_interval), multiplex, float(wait_in_place)
         )
         self._url_keys = UrlKeys()
         #: Whether any query parameter is ignored (``ignore_query_params``).
@@ -193,6 +198,7 @@ class RedisCache:
         admin_timeout: float | None = 5.0,
         multiplex: bool = True,
         near_cache_bytes: int = 0,
+        wait_in_place: float = WAIT_IN_PLACE,
         socket_timeout: float | None = None,
         connect_timeout: float = 0.5,
         max_connections: int | None = None,
@@ -227,6 +233,7 @@ class RedisCache:
             admin_timeout=admin_timeout,
             multiplex=multiplex,
             near_cache_bytes=near_cache_bytes,
+            wait_in_place=wait_in_place,
         )
         cache._owns_client = True
         cache._also_close = also_close
@@ -311,12 +318,7 @@ class RedisCache:
         return self._url_keys.app_query(query_string)
 
     def url_hash(
-        self,
-        scheme: str,
-        host: bytes,
-        path: str,
-        query_string: bytes,
-        method: str = "GET",
+        self, scheme: str, host: bytes, path: str, query_string: bytes, method: str = "GET"
     ) -> str:
         """Return the hash naming the keys of a URL (``_redis.url_keys.UrlKeys.url_hash``)."""
         return self._url_keys.url_hash(scheme, host, path, query_string, method)

@@ -16,6 +16,9 @@ Only for a plain client on one Redis (``redis.asyncio.Redis`` over TCP, TLS or a
 RESP2 or RESP3): a cluster, a Sentinel-managed pool or a test double keep to the client, as
 does every command that is not on a request's path (purges, inspection, the generation).
 ``RedisCache(multiplex=False)`` turns the lane off.
+
+A likely miss's lookup may wait for its reply in place, the event loop blocked for at most
+``wait_in_place`` seconds, while the loop has time to spare (``in_place.py``).
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ import asyncio
 import contextlib
 import inspect
 import os
+import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError, NoScriptError, ReadOnlyError
+
+from .in_place import InPlace, read_until, socket_fd
 
 try:
     import hiredis
@@ -166,7 +172,9 @@ class Lane:
     __slots__ = (
         "__weakref__",
         "_conn",
+        "_fd",
         "_flush_at",
+        "_in_place",
         "_loop",
         "_opening",
         "_out",
@@ -179,8 +187,12 @@ class Lane:
         "_wants_name",
     )
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, wait_in_place: float = 0.0) -> None:
         self._pool = client.connection_pool
+        #: When an urgent command may wait for its reply in place (None: never).
+        self._in_place = InPlace(wait_in_place) if wait_in_place > 0 else None
+        #: The connection's descriptor, where it can be read beside its transport.
+        self._fd: int | None = None
         self._conn: Any = None
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
@@ -224,6 +236,9 @@ class Lane:
         out.append(data)
         if urgent:
             self._flush()  # a flush already scheduled finds nothing left to write
+            in_place = self._in_place
+            if in_place is not None and self._fd is not None and in_place.allow():
+                self._wait_in_place(in_place, future)
         elif len(out) == 1:
             loop.call_soon(self._flush)
         reply = await future
@@ -316,6 +331,21 @@ class Lane:
         self._protocol = protocol
         self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
         self._pid = os.getpid()
+        self._fd = socket_fd(transport, conn) if self._in_place is not None else None
+
+    def _wait_in_place(self, in_place: InPlace, future: asyncio.Future[Any]) -> None:
+        """Read the connection until the future has its reply, for at most the budget (the
+        event loop blocked meanwhile): every reply read answers its caller in order."""
+        fd, protocol = self._fd, self._protocol
+        assert fd is not None and protocol is not None
+        started = time.perf_counter()
+
+        def received(data: bytes) -> bool:
+            self._received(protocol, data)
+            return self._protocol is protocol
+
+        read_until(fd, started + in_place.budget, future.done, received)
+        in_place.record(time.perf_counter() - started, future.done())
 
     def _flush(self) -> None:
         out, self._out = self._out, []
@@ -355,7 +385,7 @@ class Lane:
         """Close the connection, fail every caller still owed a reply, and give the
         connection object back to the pool (which reconnects it when next used)."""
         transport, conn = self._transport, self._conn
-        self._transport = self._protocol = self._conn = self._reader = None
+        self._transport = self._protocol = self._conn = self._reader = self._fd = None
         self._out = []
         pending, self._pending = self._pending, deque()
         for future in pending:
@@ -374,7 +404,7 @@ class Lane:
     def _forget(self) -> None:
         """Let go of a connection that is not this process's or loop's to use (after a
         fork, or from another event loop) without touching it."""
-        self._transport = self._protocol = self._conn = self._reader = None
+        self._transport = self._protocol = self._conn = self._reader = self._fd = None
         self._out = []
         self._pending = deque()
         self._opening = None
@@ -385,7 +415,7 @@ class Lane:
         if transport is None or self._loop is not asyncio.get_running_loop():
             self._forget()
             return
-        self._transport = self._protocol = self._conn = self._reader = None
+        self._transport = self._protocol = self._conn = self._reader = self._fd = None
         for future in self._pending:
             if not future.done():
                 future.set_exception(ConnectionError("the cache was closed"))

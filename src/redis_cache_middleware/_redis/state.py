@@ -48,13 +48,22 @@ class CacheState:
     )
 
     def __init__(
-        self, client: AnyRedis, namespace: str, generation_interval: float, multiplex: bool = True
+        self,
+        client: AnyRedis,
+        namespace: str,
+        generation_interval: float,
+        multiplex: bool = True,
+        wait_in_place: float = 0.0,
     ) -> None:
         self.client = client
         self.cluster = is_cluster(client)
         #: The pipelined connection of a request's commands (``lane``), where the client
         #: suits it and ``multiplex`` is on; None: they go through the client.
-        self.lane = Lane(client) if multiplex and not self.cluster and suits(client) else None
+        self.lane = (
+            Lane(client, wait_in_place)
+            if multiplex and not self.cluster and suits(client)
+            else None
+        )
         self.namespace = namespace
         self.generation_key = keys.generation_key(namespace)
         #: The namespace generation this process saw last.
