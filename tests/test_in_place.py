@@ -8,7 +8,9 @@ speaks on a socket: fakeredis and a cluster keep to the client, and never wait i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import fakeredis
@@ -37,10 +39,12 @@ pytestmark = pytest.mark.anyio
 BUDGET = 0.005
 
 
-def willing(lane: Lane, budget: float = BUDGET) -> Lane:
+def willing(
+    lane: Lane, budget: float = BUDGET, clock: Callable[[], float] = time.perf_counter
+) -> Lane:
     """Give the lane a governor that never finds the loop busy (the test process's own CPU
     would otherwise decide): what is tested is the reading, and the backoff."""
-    lane._in_place = InPlace(budget, cpu=lambda: 0.0)
+    lane._in_place = InPlace(budget, clock=clock, cpu=lambda: 0.0)
     return lane
 
 
@@ -281,24 +285,26 @@ async def test_a_slow_redis_stops_the_waits_and_every_reply_still_arrives(
     redis_server: RedisServer, namespace: str
 ) -> None:
     """Behind a proxy that holds each chunk 5 ms (and, in this loop, cannot pass it on while
-    the loop waits), every wait misses: after a window of them waits stop, and each caller
-    still gets its own reply."""
+    the loop waits), every wait misses: after a window of them waits stop (for a second, far
+    longer than the rest of the test), and each caller still gets its own reply."""
     port = redis_server.port or int(redis_server.url.rsplit(":", 1)[1].split("/")[0])
     async with TcpProxy(port) as proxy:
         client = redis.asyncio.Redis(host="127.0.0.1", port=proxy.port)
-        lane = willing(Lane(client, 0.0005), 0.0005)
+        # A clock that moves 21 ms a look: each window holds four waits.
+        ticks = itertools.count(1)
+        lane = willing(Lane(client, 0.0005), 0.0005, clock=lambda: next(ticks) * 0.021)
         try:
             await lane.open()
             proxy.mode = "delay"
             proxy.delay = 0.005
             replies = []
-            for i in range(30):  # ~10 ms each: a window of waits, then some
+            for i in range(12):  # a window of four waits, then eight commands more
                 replies.append(await lane.execute(b"ECHO", b"%d" % i, urgent=True))
-            assert replies == [b"%d" % i for i in range(30)]
+            assert replies == [b"%d" % i for i in range(12)]
             place = lane._in_place
             assert place is not None
             assert place.answered == 0
-            assert 4 <= place.waits < 30  # stopped after the first window of misses
+            assert place.waits == 4  # stopped after the first window of misses
             assert not place.allow()
         finally:
             await lane.aclose()
@@ -323,7 +329,10 @@ async def test_the_middleware_waits_in_place_for_a_likely_miss(
 ) -> None:
     client = redis.asyncio.Redis.from_url(redis_server.url)
     try:
-        cache = RedisCache(client, namespace=namespace, wait_in_place=BUDGET)
+        # No generation check among the lookups (it goes out with the loop's next batch).
+        cache = RedisCache(
+            client, namespace=namespace, wait_in_place=BUDGET, generation_check_interval=3600
+        )
         assert cache._state.lane is not None
         place = willing(cache._state.lane)._in_place
         origin = Origin()
