@@ -146,6 +146,14 @@ def own_redis_server() -> Iterator[RedisServer]:
 ClientFactory = Callable[[], Any]
 
 
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[Any]:
+    """A redis-py client of the real Redis alone (the lane's tests: it speaks on a socket)."""
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
 @pytest.fixture(params=["fakeredis", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
     """The name of the Redis backend a shared test runs against: fakeredis, a real Redis, or

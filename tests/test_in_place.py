@@ -191,13 +191,6 @@ def test_zero_turns_it_off_and_fakeredis_has_no_lane_to_wait_on() -> None:
 
 
 @pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[Any]:
-    client = redis.asyncio.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def lane(client: Any) -> AsyncIterator[Lane]:
     lane = willing(Lane(client, BUDGET))
     yield lane

@@ -35,13 +35,6 @@ end
 
 
 @pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[Any]:
-    client = redis.asyncio.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def lane(client: Any) -> AsyncIterator[Lane]:
     lane = Lane(client)
     yield lane
