@@ -28,6 +28,7 @@ from redis_cache_middleware._redis.in_place import (
     socket_fd,
 )
 from redis_cache_middleware._redis.lane import Lane
+from redis_cache_middleware._redis.lookup import LOOKUP_SCRIPT
 
 from .conftest import RedisServer
 from .helpers import Origin, make_client
@@ -328,6 +329,10 @@ async def test_the_middleware_waits_in_place_for_a_likely_miss(
         )
         assert cache._state.lane is not None
         place = willing(cache._state.lane)._in_place
+        # As the lifespan would (the generation read, the lane open), and with the lookup's
+        # script in Redis, so that each miss's lookup is one urgent EVALSHA.
+        assert await cache.warm_up()
+        await client.script_load(LOOKUP_SCRIPT)
         origin = Origin()
         async with make_client(cache, origin, default_ttl=60) as http:
             first = [await http.get(f"/p/{i}") for i in range(5)]
