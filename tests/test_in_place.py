@@ -45,7 +45,8 @@ def willing(
 ) -> Lane:
     """Give the lane a governor that never finds the loop busy (the test process's own CPU
     would otherwise decide): what is tested is the reading, and the backoff."""
-    lane._in_place = InPlace(budget, clock=clock, cpu=lambda: 0.0)
+    stats = lane._in_place.stats if lane._in_place is not None else None
+    lane._in_place = InPlace(budget, clock=clock, cpu=lambda: 0.0, stats=stats)
     return lane
 
 
@@ -340,7 +341,11 @@ async def test_the_middleware_waits_in_place_for_a_likely_miss(
         assert all("fwd=uri-miss" in r.headers["cache-status"] for r in first)
         assert all("hit" in r.headers["cache-status"] for r in again)
         assert sum(origin.calls.values()) == 5
-        # One wait for each likely miss's lookup; the hits' reads are not urgent.
+        # One wait for each likely miss's lookup; the hits' reads are not urgent. Counted in
+        # the cache's stats (and so in its Prometheus counters).
         assert place is not None and place.waits == 5 and place.answered >= 1
+        counted = cache.stats.snapshot()
+        assert counted["in_place_waits"] == 5
+        assert counted["in_place_answered"] == place.answered
     finally:
         await client.aclose()

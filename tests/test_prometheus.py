@@ -59,6 +59,8 @@ def test_fresh_cache_exports_zeros(registry: CollectorRegistry) -> None:
         "redis_cache_near_misses",
         "redis_cache_near_invalidations",
         "redis_cache_near_emptied",
+        "redis_cache_in_place_waits",
+        "redis_cache_in_place_answered",
     ):
         assert types[name] == "counter"
         assert value(samples, f"{name}_total", namespace="shop") == 0.0

@@ -165,7 +165,7 @@ class RedisCache:
         self.has_ignored_query = False
         #: What the middlewares using this cache did, in this process.
         self.stats = CacheStats()
-        self._state.enable_near(near_cache_bytes, self.stats)
+        self._state.enable(self.stats, near_cache_bytes)
         #: Skips Redis for a cool-down after repeated failures (shared by the middlewares).
         self.breaker = CircuitBreaker(
             breaker_threshold, breaker_cooldown, transitions=self.stats.breaker_transitions

@@ -109,6 +109,16 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
         "near_emptied",
         "Times the near cache was emptied because its tracking connection was lost.",
     ),
+    (
+        "in_place_waits",
+        "in_place_waits",
+        "Likely misses' lookups that waited for their reply in place (wait_in_place).",
+    ),
+    (
+        "in_place_answered",
+        "in_place_answered",
+        "Waits in place whose reply came within wait_in_place.",
+    ),
 )
 
 

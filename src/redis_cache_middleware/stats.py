@@ -59,6 +59,10 @@ class CacheStats:
     near_invalidations: int = 0
     near_bytes: int = 0
     near_emptied: int = 0
+    #: Likely misses' lookups that waited for their reply in place, the event loop blocked
+    #: (``wait_in_place``), and those whose reply came within it.
+    in_place_waits: int = 0
+    in_place_answered: int = 0
 
     def snapshot(self) -> dict[str, object]:
         """Return a copy of the counters."""
@@ -82,6 +86,8 @@ class CacheStats:
             "near_invalidations": self.near_invalidations,
             "near_bytes": self.near_bytes,
             "near_emptied": self.near_emptied,
+            "in_place_waits": self.in_place_waits,
+            "in_place_answered": self.in_place_answered,
         }
 
 

@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..stats import CacheStats
+
 __all__ = [
     "BACKOFF",
     "BACKOFF_MAX",
@@ -106,9 +108,8 @@ class InPlace:
         "_waited",
         "_waits",
         "allowed",
-        "answered",
         "budget",
-        "waits",
+        "stats",
     )
 
     def __init__(
@@ -117,6 +118,7 @@ class InPlace:
         *,
         clock: Callable[[], float] = time.perf_counter,
         cpu: Callable[[], float] = time.thread_time,
+        stats: CacheStats | None = None,
     ) -> None:
         #: The longest a wait may block the loop, in seconds.
         self.budget = budget
@@ -134,9 +136,19 @@ class InPlace:
         self._calm = CALM
         #: Whether waits are allowed in this window.
         self.allowed = True
-        #: Every wait so far, and those that read their reply (for stats and tests).
-        self.waits = 0
-        self.answered = 0
+        #: Where every wait, and every wait that read its reply, is counted
+        #: (``in_place_waits``, ``in_place_answered``): the cache's, once it has them.
+        self.stats = stats if stats is not None else CacheStats()
+
+    @property
+    def waits(self) -> int:
+        """Every wait so far."""
+        return self.stats.in_place_waits
+
+    @property
+    def answered(self) -> int:
+        """The waits that read their reply."""
+        return self.stats.in_place_answered
 
     def allow(self) -> bool:
         """Return whether to wait in place now (see the module)."""
@@ -149,9 +161,10 @@ class InPlace:
         """Count one wait: how long it blocked the loop and whether its reply came."""
         self._waited += seconds
         self._waits += 1
-        self.waits += 1
+        stats = self.stats
+        stats.in_place_waits += 1
         if answered:
-            self.answered += 1
+            stats.in_place_answered += 1
         else:
             self._missed += 1
 

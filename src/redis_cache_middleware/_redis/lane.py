@@ -333,6 +333,11 @@ class Lane:
         self._pid = os.getpid()
         self._fd = socket_fd(transport, conn) if self._in_place is not None else None
 
+    def count_into(self, stats: Any) -> None:
+        """Count the waits in place in these ``CacheStats`` (``in_place_waits``...)."""
+        if self._in_place is not None:
+            self._in_place.stats = stats
+
     def _wait_in_place(self, in_place: InPlace, future: asyncio.Future[Any]) -> None:
         """Read the connection until the future has its reply, for at most the budget (the
         event loop blocked meanwhile): every reply read answers its caller in order."""

@@ -77,12 +77,15 @@ class CacheState:
         #: Oldest first: an OrderedDict, whose oldest entry goes in O(1) (a dict's first key
         #: is found by scanning past the ones deleted before it).
         self.stored_until: OrderedDict[str, float] = OrderedDict()
-        #: The near cache and what keeps it coherent (``enable_near``); None: off.
+        #: The near cache and what keeps it coherent (``enable``); None: off.
         self.near: NearCache | None = None
         self.tracker: Tracker | None = None
 
-    def enable_near(self, near_cache_bytes: object, stats: CacheStats) -> None:
-        """Check ``near_cache_bytes`` (``ConfigError``) and, unless 0, turn the near cache on."""
+    def enable(self, stats: CacheStats, near_cache_bytes: object) -> None:
+        """Count into the cache's ``stats``; check ``near_cache_bytes`` (``ConfigError``)
+        and, unless 0, turn the near cache on."""
+        if self.lane is not None:
+            self.lane.count_into(stats)
         max_bytes = check_near_cache_bytes(near_cache_bytes)
         if max_bytes == 0:
             return
