@@ -39,6 +39,7 @@ __all__ = [
     "BACKOFF",
     "BACKOFF_MAX",
     "BUSY",
+    "CALM",
     "MISSED",
     "WINDOW",
     "InPlace",

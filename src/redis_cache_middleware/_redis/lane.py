@@ -218,7 +218,8 @@ class Lane:
         Commands go out together, in one write once the event loop has run what was ready
         (``call_soon``): a burst of hits costs one system call. An ``urgent`` command (a
         likely miss's lookup, which its request and the app wait for) is written at once,
-        with whatever was queued before it, instead of waiting for that turn of the loop."""
+        with whatever was queued before it, instead of waiting for that turn of the loop, and
+        may wait for its reply in place while the loop has time to spare (``in_place.py``)."""
         # Packed first: an argument Redis cannot take raises here, before a reply is owed.
         data = _pack(args)
         loop = asyncio.get_running_loop()
